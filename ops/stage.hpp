@@ -22,7 +22,9 @@ namespace tern::ops {
 // How BitLinear projections treat activations.
 enum class ActQuant {
   Auto,   // int8 for ternary tensor types, float for F32/F16/BF16 projections (as the references)
-  Int8,   // BitNet numerics: per-token absmax int8, integer accumulation, then rescale
+  Int8,   // BitNet numerics: per-token absmax int8, integer accumulation, then rescale. On
+          // F32/F16/BF16 projections the weights become T2 codes on load: s = max|W|,
+          // codes = round(W / s) (exact for files holding ternary values codes * s)
   Float,  // plain float matmul on dequantised weights
 };
 enum class KvType { F16, F32 };
@@ -47,7 +49,8 @@ struct BatchIn {
   std::span<const uint32_t> pos;   // [n] position of each token in its sequence
   std::span<const int32_t> tokens; // [n] token ids (embed stage only; may be empty otherwise)
   std::span<const float> act;      // [n, nEmbd] activations (non-embed stages)
-  std::span<const uint8_t> wantLogits;  // [n] 1 = return logits for this token (head stage)
+  std::span<const uint8_t> wantLogits;  // [n] 1 = return logits for this token (head stage);
+                                        // empty = no logits
 };
 
 struct BatchOut {

@@ -1,0 +1,40 @@
+// Kernel variants as a table of function pointers, chosen once by name. Every variant computes
+// exactly what the scalar "ref" one does (bit for bit for the integer paths; same fp32
+// summation order for the float paths unless documented otherwise).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tern::kernels {
+
+struct KernelTable {
+  const char* name;
+  // See kernels/quantize.hpp.
+  float (*quantizeRow)(const float* x, uint32_t k, int8_t* q, int32_t* sumQ);
+  // See kernels/gemm_t2.hpp.
+  void (*gemmT2)(const uint8_t* w, uint32_t k, uint32_t rowBegin, uint32_t rowEnd,
+                 const int8_t* q, size_t qStride, uint32_t nTok, int32_t* acc, size_t accStride);
+  void (*t2Epilogue)(const int32_t* acc, uint32_t n, float aScale, float wScale, float* y);
+  void (*matmulT2Float)(const uint8_t* w, uint32_t k, float wScale, uint32_t rowBegin,
+                        uint32_t rowEnd, const float* x, size_t xStride, uint32_t nTok, float* y,
+                        size_t yStride);
+  // See kernels/matmul_float.hpp.
+  void (*matmulF32)(const float* w, uint32_t k, uint32_t rowBegin, uint32_t rowEnd,
+                    const float* x, size_t xStride, uint32_t nTok, float* y, size_t yStride);
+  void (*matmulF16)(const uint16_t* w, uint32_t k, uint32_t rowBegin, uint32_t rowEnd,
+                    const float* x, size_t xStride, uint32_t nTok, float* y, size_t yStride);
+  void (*matmulBf16)(const uint16_t* w, uint32_t k, uint32_t rowBegin, uint32_t rowEnd,
+                     const float* x, size_t xStride, uint32_t nTok, float* y, size_t yStride);
+  float (*dotF32)(const float* a, const float* b, uint32_t n);
+};
+
+// "auto" = the best variant this CPU supports (today "ref"), or a variant by its name. Throws
+// std::invalid_argument listing the choices for an unknown name or one this CPU cannot run.
+const KernelTable& selectKernels(const std::string& name);
+// Names accepted by selectKernels, "auto" first.
+std::vector<std::string> kernelNames();
+
+}  // namespace tern::kernels
