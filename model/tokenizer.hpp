@@ -6,6 +6,7 @@
 #pragma once
 
 #include "model/gguf.hpp"
+#include "model/token_index.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -60,10 +61,32 @@ class Tokenizer {
   uint32_t size() const { return static_cast<uint32_t>(vocab_.tokens.size()); }
   bool isEog(TokenId id) const;
   std::optional<TokenId> find(std::string_view tokenText) const;
+  TokenType type(TokenId id) const;  // Normal when the vocab has no types
+
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
 
  protected:
-  explicit Tokenizer(Vocab v) : vocab_(std::move(v)) {}
+  explicit Tokenizer(Vocab v) : vocab_(std::move(v)) { buildIndex(); }
+
+  // A piece of the input: raw text [begin, end) bytes, or a special token found in it.
+  struct Fragment {
+    TokenId token = -1;  // >= 0: a special token
+    uint32_t begin = 0, end = 0;
+  };
+  // Splits `text` around the texts of special tokens (Control, UserDefined and Unknown types
+  // when parseSpecial; UserDefined only otherwise, as llama.cpp does), longest first.
+  std::vector<Fragment> partition(std::string_view text, bool parseSpecial) const;
+  // Throws std::out_of_range for an id outside the vocab.
+  void checkId(TokenId id) const;
+
   Vocab vocab_;
+
+ private:
+  void buildIndex();
+  detail::StringIndex index_;  // over vocab_.tokens
+  std::vector<TokenId> specialsAll_;   // longest text first
+  std::vector<TokenId> specialsUser_;  // UserDefined only, longest text first
 };
 
 // Builds the Llama-3 vocab (gpt2 model, pre "llama-bpe", 128000 BPE tokens + 256 specials

@@ -1,5 +1,340 @@
-// placeholder: to be written
+// tern run: generate text with a model, like llama-cli / bitnet.cpp's run_inference.
+//
+// The embedded default builds one in-process stage per NUMA node (or --stages K) and connects
+// them through the same Cap'n Proto interfaces a cluster uses: StageServer objects as local
+// capabilities on this thread's kj event loop, driven by the coordinator's Generator.
+// Generated text goes to stdout as it is produced; everything else goes to stderr.
 #include "tools/tern/commands.hpp"
+
+#include "coordinator/generator.hpp"
+#include "model/chat_template.hpp"
+#include "model/config.hpp"
+#include "model/gguf.hpp"
+#include "model/tokenizer.hpp"
+#include "ops/stage.hpp"
+#include "topology/machine.hpp"
+#include "worker/stage_server.hpp"
+
+#include <kj/async.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 namespace tern::cli {
-void addRunCommand(CLI::App& app) { app.add_subcommand("run", "not yet implemented"); }
+namespace {
+
+struct RunOptions {
+  std::string model;
+  std::string prompt;
+  std::string promptFile;
+  int nPredict = 128;
+  int threads = 0;  // 0: Machine::defaultThreads()
+  int ctx = 0;      // 0: min(model context, 4096)
+  float temp = 0.8f;
+  int64_t seed = -1;  // < 0: random
+  int topK = 40;
+  float topP = 0.95f;
+  float minP = 0.05f;
+  float repeatPenalty = 1.0f;
+  int repeatLastN = 64;
+  int stages = 0;  // 0: one per NUMA node
+  std::string logitsOut;
+  bool chat = false;
+  std::string kvType = "f16";
+  std::string actQuant = "auto";
+  std::string kernels = "auto";
+  bool noBos = false;
+};
+
+// -c may exceed the model's context_length (converters sometimes record a smaller one, e.g.
+// llama.cpp's llama2c converter writes 128 for a model trained on 512) up to this factor.
+constexpr uint64_t kMaxCtxOverTrained = 16;
+
+[[noreturn]] void fail(const std::string& msg) { throw std::runtime_error(msg); }
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read prompt file: " + path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string humanBytes(uint64_t b) {
+  char buf[64];
+  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
+  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", b / double(1ull << 20));
+  else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+  return buf;
+}
+
+std::string typeSummary(const gguf::File& f) {
+  std::map<std::string, int> counts;
+  for (const auto& t : f.tensors()) counts[tensorTypeName(t.type)]++;
+  std::string s;
+  for (const auto& [name, n] : counts) s += (s.empty() ? "" : ", ") + name + " x" + std::to_string(n);
+  return s;
+}
+
+// K contiguous, even ranges of [0, nLayer): the first nLayer % K ranges get one layer more.
+std::vector<ops::StageRange> splitLayers(uint32_t nLayer, uint32_t k) {
+  std::vector<ops::StageRange> ranges;
+  uint32_t at = 0;
+  for (uint32_t i = 0; i < k; ++i) {
+    const uint32_t len = nLayer / k + (i < nLayer % k ? 1 : 0);
+    ranges.push_back({at, at + len, i == 0, i + 1 == k});
+    at += len;
+  }
+  return ranges;
+}
+
+void validate(const RunOptions& o) {
+  if (o.threads < 0) fail("-t must be >= 1 (got " + std::to_string(o.threads) + ")");
+  if (o.nPredict < 0) fail("-n must be >= 0 (got " + std::to_string(o.nPredict) + ")");
+  if (o.ctx < 0) fail("-c must be >= 1 (got " + std::to_string(o.ctx) + ")");
+  if (o.stages < 0) fail("--stages must be >= 1 (got " + std::to_string(o.stages) + ")");
+  if (!o.prompt.empty() && !o.promptFile.empty()) fail("give either -p or -f, not both");
+}
+
+void printText(std::string_view s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+// Interactive chat: user lines from stdin until EOF or "/exit"; -p is the system prompt. The
+// KV cache is kept across turns: each turn feeds only the text the template adds after what the
+// cache already holds.
+void runChat(coord::Generator& gen, const Tokenizer& tok, const ChatTemplate& tmpl,
+             const RunOptions& o, const coord::SamplingParams& sp) {
+  std::fprintf(stderr, "chat template: %s; end with EOF (Ctrl-D) or /exit\n", tmpl.name().c_str());
+  std::vector<ChatMessage> messages;
+  if (!o.prompt.empty()) messages.push_back({"system", o.prompt});
+  std::string cached;  // template text whose tokens are in the KV cache
+  gen.open(sp);
+  for (int turn = 1;; ++turn) {
+    std::fputs("> ", stderr);
+    std::fflush(stderr);
+    std::string line;
+    if (!std::getline(std::cin, line) || line == "/exit") break;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    messages.push_back({"user", line});
+    const std::string full = tmpl.apply(messages, true);
+    std::string delta;
+    if (full.compare(0, cached.size(), cached) == 0) {
+      delta = full.substr(cached.size());
+    } else {  // the template rewrote earlier turns: start the sequence again
+      gen.open(sp);
+      delta = full;
+    }
+    const bool addBos = gen.position() == 0 && !o.noBos;
+    std::vector<TokenId> ids = tok.encode(delta, addBos, /*parseSpecial=*/true);
+    std::string reply;
+    coord::GenerateCallbacks cb;
+    cb.onText = [&](std::string_view s) {
+      reply += s;
+      printText(s);
+    };
+    const coord::TurnResult r = gen.feed(ids, o.nPredict, cb);
+    printText("\n");
+    messages.push_back({"assistant", reply});
+    cached = tmpl.apply(messages, false);
+    std::fprintf(stderr, "turn %d: prompt: %u tokens, %.2f tok/s | generation: %u tokens, %.2f tok/s | context %u/%u\n",
+                 turn, r.promptTokens, r.promptTokensPerSecond(), r.genTokens,
+                 r.genTokensPerSecond(), gen.position(), gen.nCtx());
+    if (r.stop == coord::StopReason::Context) {
+      std::fprintf(stderr, "the context of %u is full; ending the chat\n", gen.nCtx());
+      break;
+    }
+  }
+  gen.close();
+}
+
+void run(RunOptions o, const std::vector<std::string>& given) {
+  auto wasGiven = [&](const char* name) {
+    for (const auto& g : given) if (g == name) return true;
+    return false;
+  };
+  validate(o);
+  if (wasGiven("-t") && o.threads < 1) fail("-t must be >= 1 (got " + std::to_string(o.threads) + ")");
+  if (wasGiven("-c") && o.ctx < 1) fail("-c must be >= 1 (got " + std::to_string(o.ctx) + ")");
+  if (wasGiven("--stages") && o.stages < 1) {
+    fail("--stages must be >= 1 (got " + std::to_string(o.stages) + ")");
+  }
+  if (!o.promptFile.empty()) o.prompt = readFile(o.promptFile);
+
+  const topo::Machine machine = topo::Machine::detect();
+  std::fprintf(stderr, "machine: %s\n", machine.summary().c_str());
+  if (o.threads == 0) o.threads = static_cast<int>(machine.defaultThreads());
+
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(o.model, ec)) fail("model file not found: " + o.model);
+  auto file = gguf::File::open(o.model);
+  const ModelConfig cfg = ModelConfig::fromGguf(*file);
+  cfg.validateTensors(*file);
+  auto tokenizer = Tokenizer::create(Vocab::fromGguf(*file));
+
+  uint32_t nCtx = std::min<uint32_t>(cfg.nCtxTrain, 4096);
+  if (o.ctx > 0) {
+    // Positions past the trained context run (RoPE has no hard limit) but degrade; far past it
+    // they are meaningless, so refuse them rather than allocate a huge KV cache.
+    const uint64_t limit = uint64_t{cfg.nCtxTrain} * kMaxCtxOverTrained;
+    if (static_cast<uint64_t>(o.ctx) > limit) {
+      fail("-c " + std::to_string(o.ctx) + " is larger than the model supports (" +
+           std::to_string(limit) + " = " + std::to_string(kMaxCtxOverTrained) +
+           " x its context length " + std::to_string(cfg.nCtxTrain) + ")");
+    }
+    nCtx = static_cast<uint32_t>(o.ctx);
+    if (nCtx > cfg.nCtxTrain) {
+      std::fprintf(stderr, "warning: -c %u is beyond the model's trained context of %u\n", nCtx,
+                   cfg.nCtxTrain);
+    }
+  }
+  uint32_t nStages = o.stages > 0 ? static_cast<uint32_t>(o.stages)
+                                  : std::min<uint32_t>(std::max(1u, machine.numaNodes), cfg.nLayer);
+  if (nStages > cfg.nLayer) {
+    fail("--stages " + std::to_string(nStages) + " is more than the model's " +
+         std::to_string(cfg.nLayer) + " layers");
+  }
+
+  ops::StageOptions sopts;
+  sopts.kvType = o.kvType == "f32" ? ops::KvType::F32 : ops::KvType::F16;
+  sopts.actQuant = o.actQuant == "int8" ? ops::ActQuant::Int8
+                   : o.actQuant == "float" ? ops::ActQuant::Float : ops::ActQuant::Auto;
+  sopts.threads = o.threads;
+  sopts.kernels = o.kernels;
+
+  std::fprintf(stderr, "model: %s, arch %s, %.2f M params, %s, tensors: %s\n",
+               cfg.name.empty() ? std::filesystem::path(o.model).filename().c_str() : cfg.name.c_str(),
+               archName(cfg.arch), cfg.nParams(*file) / 1e6, humanBytes(file->fileSize()).c_str(),
+               typeSummary(*file).c_str());
+  std::fprintf(stderr, "model: %u layers, hidden %u, heads %u/%u, ffn %u, vocab %u, context %u (using %u)\n",
+               cfg.nLayer, cfg.nEmbd, cfg.nHead, cfg.nHeadKv, cfg.nFf, cfg.nVocab, cfg.nCtxTrain, nCtx);
+
+  // Event loop first: capabilities must be destroyed before it.
+  kj::EventLoop loop;
+  kj::WaitScope waitScope(loop);
+  std::vector<proto::Stage::Client> caps;
+  for (const auto& range : splitLayers(cfg.nLayer, nStages)) {
+    auto stage = std::make_unique<ops::Stage>(file, cfg, range, sopts);
+    caps.push_back(kj::heap<worker::StageServer>(std::move(stage), static_cast<unsigned>(o.threads),
+                                                 machine.summary()));
+  }
+  coord::GeneratorOptions gopts;
+  gopts.nCtx = nCtx;
+  coord::Generator gen(cfg, *tokenizer, std::move(caps), waitScope, gopts);
+  const auto& infos = gen.hello();
+  for (size_t i = 0; i < infos.size(); ++i) {
+    const auto& s = infos[i];
+    std::fprintf(stderr, "stage %zu: layers [%u, %u)%s%s, kernel %s, %s weights, %u threads\n", i,
+                 s.layerBegin, s.layerEnd, s.embed ? " +embed" : "", s.head ? " +head" : "",
+                 s.kernel.c_str(), humanBytes(s.weightBytes).c_str(), s.threads);
+  }
+
+  coord::SamplingParams sp;
+  sp.temperature = o.temp;
+  sp.topK = o.topK;
+  sp.topP = o.topP;
+  sp.minP = o.minP;
+  sp.repeatPenalty = o.repeatPenalty;
+  sp.repeatLastN = o.repeatLastN;
+  if (o.seed >= 0) {
+    sp.seed = static_cast<uint64_t>(o.seed);
+  } else {
+    std::random_device rd;
+    sp.seed = (uint64_t{rd()} << 32 | rd()) & 0x7fffffffffffffffull;
+  }
+  sp.validate();
+  std::fprintf(stderr, "sampling: temp %g, top-k %d, top-p %g, min-p %g, repeat-penalty %g, seed %llu\n",
+               sp.temperature, sp.topK, sp.topP, sp.minP, sp.repeatPenalty,
+               static_cast<unsigned long long>(sp.seed));
+
+  if (o.chat) {
+    runChat(gen, *tokenizer, ChatTemplate::forModel(*file, cfg.arch), o, sp);
+    return;
+  }
+
+  std::vector<TokenId> prompt = tokenizer->encode(o.prompt, !o.noBos);
+  if (prompt.empty()) fail("the prompt is empty (and --no-bos leaves no BOS token)");
+  if (prompt.size() > nCtx) {
+    fail("prompt is " + std::to_string(prompt.size()) + " tokens, context is " + std::to_string(nCtx));
+  }
+
+  std::ofstream logits;
+  coord::GenerateCallbacks cb;
+  cb.echoInput = true;
+  cb.onText = printText;
+  if (!o.logitsOut.empty()) {
+    logits.open(o.logitsOut, std::ios::binary | std::ios::trunc);
+    if (!logits) fail("cannot write " + o.logitsOut);
+    cb.onLogits = [&](std::span<const float> row) {
+      logits.write(reinterpret_cast<const char*>(row.data()),
+                   static_cast<std::streamsize>(row.size_bytes()));
+      if (!logits) fail("write failed: " + o.logitsOut);
+    };
+  }
+  const coord::TurnResult r = gen.generate(prompt, o.nPredict, sp, cb);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (logits.is_open()) {
+    logits.close();
+    if (!logits) fail("write failed: " + o.logitsOut);
+  }
+  if (r.stop == coord::StopReason::Context) std::fprintf(stderr, "stopped: context of %u is full\n", nCtx);
+  std::fprintf(stderr, "prompt: %u tokens, %.2f tok/s | generation: %u tokens, %.2f tok/s\n",
+               r.promptTokens, r.promptTokensPerSecond(), r.genTokens, r.genTokensPerSecond());
+}
+
+}  // namespace
+
+void addRunCommand(CLI::App& app) {
+  auto opts = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt");
+  cmd->add_option("-m,--model", opts->model, "model file (GGUF)")->required();
+  cmd->add_option("-p,--prompt", opts->prompt, "prompt text (\"\" starts from BOS alone)");
+  cmd->add_option("-f,--file", opts->promptFile, "read the prompt from a file");
+  cmd->add_option("-n,--n-predict", opts->nPredict, "tokens to generate")->capture_default_str();
+  cmd->add_option("-t,--threads", opts->threads, "compute threads (default: physical cores)");
+  cmd->add_option("-c,--ctx-size", opts->ctx, "context length (default: min(model, 4096))");
+  cmd->add_option("--temp", opts->temp, "temperature; 0 = greedy")->capture_default_str();
+  cmd->add_option("-s,--seed", opts->seed, "sampling seed (default: random, printed)");
+  cmd->add_option("--top-k", opts->topK, "top-k; 0 = off")->capture_default_str();
+  cmd->add_option("--top-p", opts->topP, "top-p; 1 = off")->capture_default_str();
+  cmd->add_option("--min-p", opts->minP, "min-p; 0 = off")->capture_default_str();
+  cmd->add_option("--repeat-penalty", opts->repeatPenalty, "1 = off")->capture_default_str();
+  cmd->add_option("--repeat-last-n", opts->repeatLastN, "ids the penalty looks back at")
+      ->capture_default_str();
+  cmd->add_option("--stages", opts->stages, "in-process pipeline stages (default: NUMA nodes)");
+  cmd->add_option("--logits-out", opts->logitsOut,
+                  "write float32 logits of every evaluated position, [n_positions, n_vocab]");
+  cmd->add_flag("--chat", opts->chat, "interactive chat; -p is the system prompt");
+  cmd->add_option("--kv-type", opts->kvType, "KV cache type")
+      ->check(CLI::IsMember({"f16", "f32"}))->capture_default_str();
+  cmd->add_option("--act-quant", opts->actQuant, "activation quantisation")
+      ->check(CLI::IsMember({"auto", "int8", "float"}))->capture_default_str();
+  cmd->add_option("--kernels", opts->kernels, "kernel variant")
+      ->check(CLI::IsMember({"auto", "ref"}))->capture_default_str();
+  cmd->add_flag("--no-bos", opts->noBos, "do not prepend BOS to the prompt");
+  cmd->callback([cmd, opts] {
+    std::vector<std::string> given;
+    for (const char* name : {"-t", "-c", "--stages"}) {
+      if (cmd->count(name) > 0) given.emplace_back(name);
+    }
+    try {
+      run(*opts, given);
+    } catch (const kj::Exception& e) {  // from the stages: one line, without kj's trace
+      throw std::runtime_error(std::string(e.getDescription().cStr()));
+    }
+  });
+}
+
 }  // namespace tern::cli

@@ -1,0 +1,41 @@
+// The machine as hwloc sees it, in tern's own types: packages, NUMA nodes, cores, PUs.
+//
+// Only the allowed cpuset counts (a container restricted with --cpuset-cpus sees its own cores).
+// TODO(now): placement and binding (a worker pinned to one NUMA node, its OpenMP team bound to
+// that node's cores, weights allocated there) come with the cluster issue; compute them as
+// "topology in, cpusets out" so they can be tested on synthetic topologies.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tern::topo {
+
+struct NumaNode {
+  unsigned index = 0;        // OS index of the node
+  uint64_t memoryBytes = 0;  // local memory in bytes (0 when unknown, e.g. synthetic)
+  std::vector<unsigned> cores;  // OS index of the first allowed PU of each core in this node
+};
+
+struct Machine {
+  unsigned packages = 0;
+  unsigned numaNodes = 0;
+  unsigned cores = 0;  // physical cores with at least one allowed PU
+  unsigned pus = 0;    // allowed processing units (hardware threads)
+  std::vector<NumaNode> nodes;
+  std::string cpuModel;  // "CPUModel" info of the first package; may be empty
+
+  // The host. Throws std::runtime_error when hwloc cannot build a topology.
+  static Machine detect();
+  // A synthetic topology in hwloc's syntax, e.g. "pack:2 numa:1 core:4 pu:2". Throws
+  // std::invalid_argument for a description hwloc rejects.
+  static Machine fromSynthetic(const std::string& desc);
+
+  // One line: "2 packages, 2 NUMA nodes, 8 cores, 16 threads (Intel Xeon ...)".
+  std::string summary() const;
+  // Physical cores in the allowed cpuset (at least 1).
+  unsigned defaultThreads() const;
+};
+
+}  // namespace tern::topo
