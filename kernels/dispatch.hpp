@@ -31,10 +31,14 @@ struct KernelTable {
   float (*dotF32)(const float* a, const float* b, uint32_t n);
 };
 
-// "auto" = the best variant this CPU supports (today "ref"), or a variant by its name. Throws
-// std::invalid_argument listing the choices for an unknown name or one this CPU cannot run.
+// "auto" = the environment variable TERN_KERNELS when set (to a variant name), else the best
+// variant this CPU supports; or a variant by its name. Throws std::invalid_argument for an unknown
+// name (listing the choices) or for a variant this CPU cannot run (naming the missing features).
+// Logs nothing.
 const KernelTable& selectKernels(const std::string& name);
-// Names accepted by selectKernels, "auto" first.
+// Names accepted by selectKernels: "auto" first, then every variant compiled in, best first.
 std::vector<std::string> kernelNames();
+// The compiled-in variants this CPU can run, best first ("ref" always last); no "auto".
+std::vector<std::string> supportedKernelNames();
 
 }  // namespace tern::kernels

@@ -2,6 +2,7 @@
 
 #include "kernels/f16.hpp"
 #include "kernels/t2.hpp"
+#include "kernels/weight_formats.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -71,12 +72,39 @@ Linear loadLinear(const gguf::File& file, const std::string& name, uint32_t k, u
       if (!std::isfinite(lin.wScale)) file.fail(name + ": TERN_T2 scale is not finite");
       return lin;
     }
+    case TensorType::I2_S:
+    case TensorType::TQ2_0:
+    case TensorType::TQ1_0: {
+      // Repacked once into the in-memory TERN_T2 layout, written here by the loading thread.
+      const auto fmt = *kernels::weightFormatFromGgmlType(static_cast<uint32_t>(t->type));
+      const auto& tr = kernels::weightFormat(fmt);
+      const auto want = tr.tensorBytes(k, nOut);
+      if (!want)
+        file.fail(name + ": shape " + shapeText(t->ne) + " cannot be stored as " + tr.name +
+                  (fmt == kernels::WeightFormat::I2S ? " (elements must be a multiple of 128)"
+                                                     : " (ne0 must be a multiple of 256)"));
+      if (bytes.size() != *want)
+        file.fail(name + ": " + std::to_string(bytes.size()) + " bytes, expected " +
+                  std::to_string(*want) + " for " + tr.name);
+      lin.owned.resize(kernels::t2TensorBytes(k, nOut));
+      try {
+        lin.wScale = kernels::repackToT2(fmt, reinterpret_cast<const uint8_t*>(bytes.data()), k,
+                                         nOut, lin.owned.data());
+      } catch (const kernels::WeightFormatError& e) {
+        file.fail(name + " (" + tr.name + "): " + e.what());
+      }
+      lin.kind = Linear::Kind::T2;
+      lin.int8 = int8;
+      lin.data = lin.owned.data();
+      lin.bytes = lin.owned.size();
+      return lin;
+    }
     case TensorType::F32: lin.kind = Linear::Kind::F32; elemBytes = 4; break;
     case TensorType::F16: lin.kind = Linear::Kind::F16; elemBytes = 2; break;
     case TensorType::BF16: lin.kind = Linear::Kind::BF16; elemBytes = 2; break;
     default:
       file.fail(name + ": tensor type " + tensorTypeName(t->type) +
-                " is not supported for projections (F32, F16, BF16, TERN_T2)");
+                " is not supported for projections (F32, F16, BF16, TERN_T2, I2_S, TQ2_0, TQ1_0)");
   }
   if (bytes.size() != uint64_t(k) * nOut * elemBytes)
     file.fail(name + ": " + std::to_string(bytes.size()) + " bytes, expected " +

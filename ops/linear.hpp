@@ -22,7 +22,7 @@ struct Linear {
   float outScale = 1.0f;     // legacy blk.N.<proj>.scale, multiplied after the projection
   bool hasOutScale = false;
   uint64_t bytes = 0;        // weight bytes read per token
-  std::vector<uint8_t> owned;  // T2 codes derived from float weights (forced int8), else empty
+  std::vector<uint8_t> owned;  // T2 codes repacked from I2_S/TQ or derived from float weights
 };
 
 // Builds a Linear over tensor `name` (ne = {k, nOut}). With int8 = true a float tensor is turned
@@ -30,6 +30,9 @@ struct Linear {
 // weights exactly when they are already ternary values codes * s (tiny-bitnet, converted BitNet
 // files); for general float weights it is a lossy ternarisation (BitNet's training recipe uses
 // mean|W| instead). With int8 = false a T2 tensor runs float activations on its codes.
+// I2_S, TQ2_0 and TQ1_0 tensors are repacked on load into an owned TERN_T2 buffer (codes and the
+// one per-tensor scale unchanged, so results equal the same weights stored as TERN_T2); TQ files
+// whose non-zero block scales differ are refused (tern needs one scale per tensor).
 // Throws gguf::FormatError (via file.fail) for a missing tensor, bad shape or type.
 Linear loadLinear(const gguf::File& file, const std::string& name, uint32_t k, uint32_t nOut,
                   bool int8);

@@ -68,7 +68,6 @@ struct Stage::Impl {
   const gguf::TensorInfo* embd = nullptr;
   std::vector<float> outputNorm;
   Linear head;
-  bool headF16 = false;
   uint64_t bytes = 0;
 
   std::map<uint64_t, Sequence> seqs;
@@ -216,7 +215,11 @@ Stage::Stage(std::shared_ptr<const gguf::File> file, const ModelConfig& cfg, Sta
     const gguf::TensorInfo* t = f.findTensor(name);
     bool int8 = false;
     switch (opts.actQuant) {
-      case ActQuant::Auto: int8 = t && t->type == TensorType::TERN_T2; break;
+      case ActQuant::Auto: {
+        const TensorTypeTraits* tr = t ? tensorTypeTraits(t->type) : nullptr;
+        int8 = tr && tr->ternary;  // BitNet numerics for every ternary type
+        break;
+      }
       case ActQuant::Int8: int8 = true; break;
       case ActQuant::Float: int8 = false; break;
     }
@@ -262,7 +265,6 @@ Stage::Stage(std::shared_ptr<const gguf::File> file, const ModelConfig& cfg, Sta
     s.head = loadLinear(f, headName, d, cfg.nVocab, false);  // the head stays float
     if (s.head.kind == Linear::Kind::T2)
       f.fail(std::string(headName) + ": a ternary output head is not supported");
-    s.headF16 = s.head.kind == Linear::Kind::F16;
     s.bytes += s.head.bytes + uint64_t(4) * d;
   }
 }
@@ -421,9 +423,9 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
       std::vector<float> hn(rows.size() * d);
       for (size_t r = 0; r < rows.size(); ++r) {
         float* dst = &hn[r * d];
+        // The normed hidden state stays float32 even for an F16 head: bitnet.cpp does not round
+        // it (measured on tiny-bitnet I2_S: 8.6e-6 from its logits unrounded, 3.0e-3 rounded).
         rmsNorm(&x[size_t(rows[r]) * d], s.outputNorm.data(), d, cfg.normEps, dst);
-        if (s.headF16)
-          for (uint32_t j = 0; j < d; ++j) dst[j] = kernels::roundFp16(dst[j]);
       }
       out.logits.resize(rows.size() * cfg.nVocab);
       applyLinear(*s.kt, s.head, hn.data(), uint32_t(rows.size()), out.logits.data(), th);

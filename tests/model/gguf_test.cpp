@@ -150,7 +150,10 @@ TEST_CASE("tensorBytes and the traits table") {
   CHECK(std::string(tensorTypeName(static_cast<T>(77))) == "unknown");
   CHECK(tensorTypeFromName("Q9_9") == std::nullopt);
   CHECK(tensorTypeTraits(T::I2_S)->ternary);
-  CHECK_FALSE(tensorTypeTraits(T::I2_S)->loadable);
+  CHECK(tensorTypeTraits(T::I2_S)->loadable);  // repacked to TERN_T2 on load
+  CHECK(tensorTypeTraits(T::TQ2_0)->loadable);
+  CHECK(tensorTypeTraits(T::TQ1_0)->loadable);
+  CHECK_FALSE(tensorTypeTraits(T::TL2)->loadable);
   CHECK(tensorTypeTraits(T::TERN_T2)->loadable);
   CHECK(tensorTypeTraits(T::BF16)->loadable);
   CHECK_FALSE(tensorTypeTraits(T::Q8_0)->loadable);

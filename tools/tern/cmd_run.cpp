@@ -7,6 +7,7 @@
 #include "tools/tern/commands.hpp"
 
 #include "coordinator/generator.hpp"
+#include "kernels/dispatch.hpp"
 #include "model/chat_template.hpp"
 #include "model/config.hpp"
 #include "model/gguf.hpp"
@@ -322,7 +323,7 @@ void addRunCommand(CLI::App& app) {
   cmd->add_option("--act-quant", opts->actQuant, "activation quantisation")
       ->check(CLI::IsMember({"auto", "int8", "float"}))->capture_default_str();
   cmd->add_option("--kernels", opts->kernels, "kernel variant")
-      ->check(CLI::IsMember({"auto", "ref"}))->capture_default_str();
+      ->check(CLI::IsMember(kernels::kernelNames()))->capture_default_str();
   cmd->add_flag("--no-bos", opts->noBos, "do not prepend BOS to the prompt");
   cmd->callback([cmd, opts] {
     std::vector<std::string> given;

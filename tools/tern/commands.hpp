@@ -9,5 +9,6 @@ namespace tern::cli {
 void addRunCommand(CLI::App& app);       // cmd_run.cpp: tern run
 void addTokenizeCommand(CLI::App& app);  // cmd_tokenize.cpp: tern tokenize
 void addGenCommand(CLI::App& app);       // cmd_gen.cpp: tern gen
+void addConvertCommand(CLI::App& app);   // cmd_convert.cpp: tern convert
 
 }  // namespace tern::cli

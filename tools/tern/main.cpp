@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   tern::cli::addRunCommand(app);
   tern::cli::addTokenizeCommand(app);
   tern::cli::addGenCommand(app);
+  tern::cli::addConvertCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
