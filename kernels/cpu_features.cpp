@@ -2,6 +2,9 @@
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
 #endif
 
 namespace tern::kernels {
@@ -64,6 +67,16 @@ uint32_t detect() {
   return f;
 }
 
+#elif defined(__aarch64__) && defined(__linux__)
+
+uint32_t detect() {
+  const unsigned long hw = getauxval(AT_HWCAP);
+  uint32_t f = 0;
+  if (hw & HWCAP_ASIMD) f |= kCpuAsimd;
+  if ((hw & HWCAP_ASIMD) && (hw & HWCAP_ASIMDDP)) f |= kCpuAsimdDp;
+  return f;
+}
+
 #else
 
 uint32_t detect() { return 0; }
@@ -79,7 +92,8 @@ constexpr struct {
     {kCpuAvx512bw, "avx512bw"},   {kCpuAvx512vl, "avx512vl"},
     {kCpuAvx512dq, "avx512dq"},   {kCpuAvx512vnni, "avx512vnni"},
     {kCpuAvx512vbmi, "avx512vbmi"}, {kCpuAvxVnni, "avx_vnni"},
-    {kCpuAmxInt8, "amx_int8"},
+    {kCpuAmxInt8, "amx_int8"},     {kCpuAsimd, "asimd"},
+    {kCpuAsimdDp, "asimddp"},
 };
 
 }  // namespace

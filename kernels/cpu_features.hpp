@@ -1,6 +1,7 @@
 // Run-time CPU feature detection (x86-64: CPUID + XGETBV). A feature counts as present only when
 // both the CPU reports it and the OS saves the register state it needs (XCR0: YMM for the AVX
-// family, opmask + ZMM for AVX-512, tile data for AMX). On other architectures every flag is false.
+// family, opmask + ZMM for AVX-512, tile data for AMX). Linux/AArch64: getauxval(AT_HWCAP). On
+// other architectures every flag is false.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,8 @@ enum CpuFeature : uint32_t {
   kCpuAvx512vbmi = 1u << 8,
   kCpuAvxVnni = 1u << 9,
   kCpuAmxInt8 = 1u << 10,  // reported only: no kernel uses AMX yet
+  kCpuAsimd = 1u << 11,     // AArch64 Advanced SIMD (NEON)
+  kCpuAsimdDp = 1u << 12,   // AArch64 SDOT/UDOT (ARMv8.2-A dotprod)
 };
 
 // Detected once (thread-safe static), then cached.

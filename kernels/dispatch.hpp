@@ -29,6 +29,16 @@ struct KernelTable {
   void (*matmulBf16)(const uint16_t* w, uint32_t k, uint32_t rowBegin, uint32_t rowEnd,
                      const float* x, size_t xStride, uint32_t nTok, float* y, size_t yStride);
   float (*dotF32)(const float* a, const float* b, uint32_t n);
+  // See kernels/gemm_tl3.hpp: TERN_TL3 lookup tables of one token, and the lookup-table GEMM.
+  void (*tl3Tables)(const int8_t* q, uint32_t k, uint8_t* tables);
+  void (*gemmTl3)(const uint8_t* w, uint32_t k, uint32_t nOut, uint32_t rowBegin, uint32_t rowEnd,
+                  const uint8_t* tables, size_t tableStride, uint32_t nTok, int32_t* acc,
+                  size_t accStride);
+  // See kernels/gemm_q8.hpp: int8 x int8 GEMM (the q8 head) and F16 helpers for attention.
+  void (*gemmQ8)(const int8_t* w, uint32_t k, uint32_t rowBegin, uint32_t rowEnd, const int8_t* q,
+                 size_t qStride, uint32_t nTok, int32_t* acc, size_t accStride);
+  float (*dotF16)(const float* a, const uint16_t* b, uint32_t n);
+  void (*axpyF16)(float* y, float a, const uint16_t* x, uint32_t n);
 };
 
 // "auto" = the environment variable TERN_KERNELS when set (to a variant name), else the best

@@ -1,6 +1,7 @@
 #include "kernels/weight_formats.hpp"
 
 #include "kernels/f16.hpp"
+#include "kernels/gemm_tl3.hpp"
 #include "kernels/t2.hpp"
 
 #include <algorithm>
@@ -249,6 +250,21 @@ void tq1Pack(const int8_t* w, uint32_t k, uint32_t, uint32_t row, uint8_t* tenso
   }
 }
 
+// --- TERN_TL3 (kernels/gemm_tl3.hpp) -----------------------------------------------------------
+
+std::optional<size_t> tl3Bytes(uint32_t k, uint32_t nOut) {
+  if (k == 0 || nOut == 0) return std::nullopt;
+  return tl3TensorBytes(k, nOut);
+}
+
+void tl3Unpack(const uint8_t* tensor, uint32_t k, uint32_t, uint32_t row, int8_t* w) {
+  tl3UnpackRow(tensor + size_t(row) * tl3RowBytes(k), k, row, w);
+}
+
+void tl3Pack(const int8_t* w, uint32_t k, uint32_t, uint32_t row, uint8_t* tensor) {
+  tl3PackRow(w, k, tensor + size_t(row) * tl3RowBytes(k));
+}
+
 }  // namespace
 
 const std::array<WeightFormatTraits, kWeightFormatCount> kWeightFormats = {{
@@ -262,9 +278,11 @@ const std::array<WeightFormatTraits, kWeightFormatCount> kWeightFormats = {{
     {WeightFormat::TQ1_0, "TQ1_0", "tq1_0", 34, kTqBlockElems, sizeof(BlockTQ1_0), 0,
      ActType::Int8PerToken, tqBytes<sizeof(BlockTQ1_0)>, tq1Unpack, tq1Pack,
      tqScale<sizeof(BlockTQ1_0)>, tqWriteScale<sizeof(BlockTQ1_0)>},
+    {WeightFormat::TL3, "TERN_TL3", "tl3", 1001, kTl3BlockElems, kTl3BlockBytes, kTl3TrailerBytes,
+     ActType::Int8PerToken, tl3Bytes, tl3Unpack, tl3Pack, tl3ReadScale, tl3WriteScale},
 }};
 
-static_assert(kWeightFormatCount == 4);
+static_assert(kWeightFormatCount == 5);
 
 std::optional<WeightFormat> weightFormatFromGgmlType(uint32_t id) {
   for (const auto& t : kWeightFormats)

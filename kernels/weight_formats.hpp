@@ -14,6 +14,8 @@
 //            128c + m + 32n at bits 2n+1..2n. k % 256 == 0.
 //   TQ1_0    256-element blocks of 54 B: qs[48], qh[4], fp16 d; 5 trits per byte in base 3,
 //            stored as ceil(v * 256 / 243). k % 256 == 0.
+//   TERN_TL3 rows padded to 96, 96-element blocks of 20 B (3 weights -> 4-bit |v| + sign bit,
+//            kernels/gemm_tl3.hpp), 32 B trailer like T2. Any shape.
 // TQ blocks carry their own scale d: tern needs one per tensor, so every block with d != 0 must
 // have the same d (blocks with d == 0 hold zero weights whatever their codes).
 #pragma once
@@ -27,8 +29,8 @@
 
 namespace tern::kernels {
 
-enum class WeightFormat : uint8_t { T2, I2S, TQ2_0, TQ1_0 };
-inline constexpr size_t kWeightFormatCount = 4;
+enum class WeightFormat : uint8_t { T2, I2S, TQ2_0, TQ1_0, TL3 };
+inline constexpr size_t kWeightFormatCount = 5;
 
 // How activations are fed to a format's kernels.
 enum class ActType : uint8_t {
@@ -54,9 +56,9 @@ static_assert(sizeof(BlockTQ1_0) == 54);
 
 struct WeightFormatTraits {
   WeightFormat format;
-  const char* name;       // GGUF type name: "TERN_T2", "I2_S", "TQ2_0", "TQ1_0"
-  const char* shortName;  // `tern convert --to` spelling: "t2", "i2_s", "tq2_0", "tq1_0"
-  uint32_t ggmlType;      // GGUF tensor type id (1000 = tern's TERN_T2)
+  const char* name;       // GGUF type name: "TERN_T2", "I2_S", "TQ2_0", "TQ1_0", "TERN_TL3"
+  const char* shortName;  // `tern convert --to` spelling: "t2", "i2_s", "tq2_0", "tq1_0", "tl3"
+  uint32_t ggmlType;      // GGUF tensor type id (1000 = tern's TERN_T2, 1001 = TERN_TL3)
   uint32_t blockElems;    // elements per block
   uint32_t blockBytes;    // bytes per block (scale included for TQ)
   uint32_t trailerBytes;  // per-tensor bytes after the blocks (T2, I2_S: 32)

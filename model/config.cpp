@@ -144,7 +144,7 @@ void ModelConfig::validateTensors(const gguf::File& f) const {
         allowed = t->type == TensorType::F32 || t->type == TensorType::F16 ||
                   t->type == TensorType::BF16 || t->type == TensorType::TERN_T2 ||
                   t->type == TensorType::I2_S || t->type == TensorType::TQ2_0 ||
-                  t->type == TensorType::TQ1_0;
+                  t->type == TensorType::TQ1_0 || t->type == TensorType::TERN_TL3;
         break;
       case Role::Norm:
       case Role::Scale:

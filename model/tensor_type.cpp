@@ -46,6 +46,7 @@ constexpr TensorTypeTraits kTraits[] = {
     {T::TL1, "TL1", 1, 0, true, false},
     {T::TL2, "TL2", 1, 0, true, false},
     {T::TERN_T2, "TERN_T2", 128, 32, true, true},
+    {T::TERN_TL3, "TERN_TL3", 96, 20, true, true},
 };
 
 constexpr uint64_t kI2sTrailerBytes = 32;
@@ -107,8 +108,10 @@ std::optional<uint64_t> tensorBytes(TensorType t, std::span<const uint64_t> ne) 
       if (!n || *n % 4 != 0) return std::nullopt;
       return add(*n / 4, kI2sTrailerBytes);
     }
-    case T::TERN_T2: {
-      // Each row (ne[0] elements) padded to whole 128-element blocks; rows = the other dims.
+    case T::TERN_T2:
+    case T::TERN_TL3: {
+      // Each row (ne[0] elements) padded to whole blocks (T2: 128, TL3: 96 elements); rows =
+      // the other dims; the same 32 B trailer.
       auto rows = product(ne, 1);
       if (!rows) return std::nullopt;
       uint64_t blocks = ne[0] / tr->blockElems + (ne[0] % tr->blockElems != 0 ? 1 : 0);

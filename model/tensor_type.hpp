@@ -53,6 +53,11 @@ enum class TensorType : uint32_t {
   // After the ne1 rows: one float32 per-tensor scale s_w and 28 zero bytes (a 32 B trailer).
   //   bytes = ne1 * ceil(ne0 / 128) * 32 + 32
   TERN_T2 = 1000,
+  // TL3: 3 weights per 5 bits (4-bit |9a+3b+c| + sign bit), rows padded to a multiple of 96
+  // elements with zero weights, 96-element blocks of 20 B (layout: kernels/gemm_tl3.hpp); after
+  // the ne1 rows the same 32 B scale trailer as TERN_T2.
+  //   bytes = ne1 * ceil(ne0 / 96) * 20 + 32
+  TERN_TL3 = 1001,
 };
 
 struct TensorTypeTraits {

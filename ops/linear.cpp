@@ -1,6 +1,7 @@
 #include "ops/linear.hpp"
 
 #include "kernels/f16.hpp"
+#include "kernels/gemm_tl3.hpp"
 #include "kernels/t2.hpp"
 #include "kernels/weight_formats.hpp"
 
@@ -72,6 +73,25 @@ Linear loadLinear(const gguf::File& file, const std::string& name, uint32_t k, u
       if (!std::isfinite(lin.wScale)) file.fail(name + ": TERN_T2 scale is not finite");
       return lin;
     }
+    case TensorType::TERN_TL3:
+      if (int8) {
+        if (bytes.size() != kernels::tl3TensorBytes(k, nOut))
+          file.fail(name + ": " + std::to_string(bytes.size()) + " bytes, expected " +
+                    std::to_string(kernels::tl3TensorBytes(k, nOut)) + " for TERN_TL3");
+        const auto* src = reinterpret_cast<const uint8_t*>(bytes.data());
+        lin.owned.resize(kernels::tl3InterleavedBytes(k, nOut));
+        try {
+          lin.wScale = kernels::tl3ReadScale(src, k, nOut);
+          kernels::tl3Interleave(src, k, nOut, lin.owned.data());
+        } catch (const kernels::WeightFormatError& e) {
+          file.fail(name + " (TERN_TL3): " + e.what());
+        }
+        lin.kind = Linear::Kind::TL3;
+        lin.int8 = true;
+        lin.data = lin.owned.data();
+        return lin;  // lin.bytes: the file's bytes, which is what a token streams
+      }
+      [[fallthrough]];  // float activations: run on TERN_T2 codes
     case TensorType::I2_S:
     case TensorType::TQ2_0:
     case TensorType::TQ1_0: {
@@ -104,7 +124,8 @@ Linear loadLinear(const gguf::File& file, const std::string& name, uint32_t k, u
     case TensorType::BF16: lin.kind = Linear::Kind::BF16; elemBytes = 2; break;
     default:
       file.fail(name + ": tensor type " + tensorTypeName(t->type) +
-                " is not supported for projections (F32, F16, BF16, TERN_T2, I2_S, TQ2_0, TQ1_0)");
+                " is not supported for projections (F32, F16, BF16, TERN_T2, I2_S, TQ2_0, TQ1_0, "
+                "TERN_TL3)");
   }
   if (bytes.size() != uint64_t(k) * nOut * elemBytes)
     file.fail(name + ": " + std::to_string(bytes.size()) + " bytes, expected " +
@@ -155,7 +176,30 @@ void applyLinear(const kernels::KernelTable& kt, const Linear& lin, const float*
   const uint32_t k = lin.k, nOut = lin.nOut;
   const int nChunks = int((nOut + kRowsPerChunk - 1) / kRowsPerChunk);
   const bool par = uint64_t(n) * k * nOut >= kMinParallelMacs && threads > 1;
-  if (lin.kind == Linear::Kind::T2 && lin.int8) {
+  if (lin.kind == Linear::Kind::TL3) {
+    // Quantise, build each token's lookup tables once, then parallel over 64-row groups.
+    const size_t qStride = kernels::t2PaddedK(k), tStride = kernels::tl3TableBytes(k);
+    std::vector<int8_t> q(qStride * n, 0);
+    std::vector<uint8_t> tables(tStride * n);
+    std::vector<float> aScale(n);
+    std::vector<int32_t> acc(size_t(n) * nOut);
+#pragma omp parallel for schedule(static) num_threads(threads) if (par && n > 1)
+    for (int t = 0; t < int(n); ++t) {
+      int32_t sumQ;
+      aScale[t] = kt.quantizeRow(x + size_t(t) * k, k, q.data() + t * qStride, &sumQ);
+      kt.tl3Tables(q.data() + t * qStride, k, tables.data() + t * tStride);
+    }
+    const auto* w = static_cast<const uint8_t*>(lin.data);
+    const int nGroups = int(kernels::tl3Groups(nOut));
+#pragma omp parallel for schedule(static) num_threads(threads) if (par)
+    for (int g = 0; g < nGroups; ++g) {
+      const uint32_t r0 = uint32_t(g) * kernels::kTl3GroupRows;
+      const uint32_t r1 = std::min(nOut, r0 + kernels::kTl3GroupRows);
+      kt.gemmTl3(w, k, nOut, r0, r1, tables.data(), tStride, n, acc.data(), nOut);
+    }
+    for (uint32_t t = 0; t < n; ++t)
+      kt.t2Epilogue(acc.data() + size_t(t) * nOut, nOut, aScale[t], lin.wScale, y + size_t(t) * nOut);
+  } else if (lin.kind == Linear::Kind::T2 && lin.int8) {
     const size_t qStride = kernels::t2PaddedK(k);
     std::vector<int8_t> q(qStride * n, 0);
     std::vector<float> aScale(n);
@@ -189,6 +233,8 @@ void applyLinear(const kernels::KernelTable& kt, const Linear& lin, const float*
           break;
         case Linear::Kind::BF16:
           kt.matmulBf16(static_cast<const uint16_t*>(lin.data), k, r0, r1, x, k, n, y, nOut);
+          break;
+        case Linear::Kind::TL3:  // handled above
           break;
       }
     }

@@ -12,13 +12,13 @@
 namespace tern::ops {
 
 struct Linear {
-  enum class Kind { T2, F32, F16, BF16 };
+  enum class Kind { T2, F32, F16, BF16, TL3 };  // TL3: interleaved TERN_TL3 (always int8)
   Kind kind = Kind::F32;
   bool int8 = false;         // quantise activations per token (only with Kind::T2)
   const void* data = nullptr;  // [nOut] rows of k elements (T2: packed rows)
   uint32_t k = 0;            // input features
   uint32_t nOut = 0;         // output features
-  float wScale = 1.0f;       // T2 per-tensor scale s_w
+  float wScale = 1.0f;       // T2 / TL3 per-tensor scale s_w
   float outScale = 1.0f;     // legacy blk.N.<proj>.scale, multiplied after the projection
   bool hasOutScale = false;
   uint64_t bytes = 0;        // weight bytes read per token
@@ -33,6 +33,8 @@ struct Linear {
 // I2_S, TQ2_0 and TQ1_0 tensors are repacked on load into an owned TERN_T2 buffer (codes and the
 // one per-tensor scale unchanged, so results equal the same weights stored as TERN_T2); TQ files
 // whose non-zero block scales differ are refused (tern needs one scale per tensor).
+// TERN_TL3 tensors with int8 = true are repacked into the interleaved lookup-table layout
+// (kernels/gemm_tl3.hpp, Kind::TL3); with int8 = false into TERN_T2 like I2_S.
 // Throws gguf::FormatError (via file.fail) for a missing tensor, bad shape or type.
 Linear loadLinear(const gguf::File& file, const std::string& name, uint32_t k, uint32_t nOut,
                   bool int8);

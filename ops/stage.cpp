@@ -2,6 +2,7 @@
 
 #include "kernels/dispatch.hpp"
 #include "kernels/f16.hpp"
+#include "ops/group.hpp"
 #include "ops/linear.hpp"
 
 #include <omp.h>
@@ -68,16 +69,59 @@ struct Stage::Impl {
   const gguf::TensorInfo* embd = nullptr;
   std::vector<float> outputNorm;
   Linear head;
+  HeadQ8 headQ8;  // opts.head == Q8
+  HugeBuffer weights;  // opts.hugePages: every projection's (and the float head's) weights
   uint64_t bytes = 0;
+  // Which group inputs are quantised / need TL3 tables, over all held layers.
+  bool int8D = false, tl3D = false, int8Q = false, tl3Q = false, int8F = false, tl3F = false;
 
   std::map<uint64_t, Sequence> seqs;
 
   bool f16Kv() const { return opts.kvType == KvType::F16; }
 
   void embedRow(int32_t token, float* dst) const;
-  void attention(uint32_t layer, const BatchIn& in, const float* q, float* out);
-  void ropeRow(float* v, uint32_t nHeads, uint32_t pos) const;
+  void moveToHugePages();
+  void ropeAngles(uint32_t pos, float* cosT, float* sinT) const;
+  void ropeRow(float* v, uint32_t nHeads, const float* cosT, const float* sinT) const;
+  // Attention of token t, head h (one work item).
+  void attendHead(const KvLayer& c, uint32_t len, const float* qt, uint32_t h, float* out,
+                  std::vector<float>& qh, std::vector<float>& p) const;
 };
+
+// Copies every projection's weights (and the float head's) into one huge-page buffer and points
+// the Linears there; owned repacked copies are freed.
+void Stage::Impl::moveToHugePages() {
+  std::vector<Linear*> lins;
+  for (Layer& L : layers)
+    for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) lins.push_back(l);
+  if (range.head && opts.head == HeadType::Float) lins.push_back(&head);
+  auto bytesOf = [](const Linear& l) { return l.owned.empty() ? size_t(l.bytes) : l.owned.size(); };
+  auto align = [](size_t b) { return (b + 63) / 64 * 64; };
+  size_t total = 0;
+  for (const Linear* l : lins) total += align(bytesOf(*l));
+  if (total == 0) return;
+  weights = HugeBuffer(total);
+  std::vector<size_t> at(lins.size());
+  for (size_t i = 0, off = 0; i < lins.size(); ++i) {
+    at[i] = off;
+    off += align(bytesOf(*lins[i]));
+  }
+  // Copied in 1 MiB pieces by all threads (page faults and reads of the mapped file included).
+  constexpr size_t kPiece = size_t(1) << 20;
+  std::vector<std::pair<size_t, size_t>> pieces;  // (linear, offset within it)
+  for (size_t i = 0; i < lins.size(); ++i)
+    for (size_t o = 0; o < bytesOf(*lins[i]); o += kPiece) pieces.emplace_back(i, o);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
+  for (int64_t j = 0; j < int64_t(pieces.size()); ++j) {
+    const auto [i, o] = pieces[size_t(j)];
+    const size_t len = std::min(kPiece, bytesOf(*lins[i]) - o);
+    std::memcpy(weights.data() + at[i] + o, static_cast<const std::byte*>(lins[i]->data) + o, len);
+  }
+  for (size_t i = 0; i < lins.size(); ++i) {
+    lins[i]->data = weights.data() + at[i];
+    std::vector<uint8_t>().swap(lins[i]->owned);
+  }
+}
 
 void Stage::Impl::embedRow(int32_t token, float* dst) const {
   const std::byte* base = file->data(*embd).data();
@@ -100,12 +144,10 @@ void Stage::Impl::embedRow(int32_t token, float* dst) const {
   }
 }
 
-// Rotates the first nRot dims of each of nHeads head vectors (headDim apart) by position pos.
-// Angles as ggml computes them: theta_i = pos * base^(-2i/nRot), the power built up by float
-// multiplication; NORM rotates pairs (2i, 2i+1), NEOX pairs (i, i + nRot/2).
-void Stage::Impl::ropeRow(float* v, uint32_t nHeads, uint32_t pos) const {
+// RoPE angles as ggml computes them: theta_i = pos * base^(-2i/nRot), the power built up by float
+// multiplication. cosT, sinT: [nRot / 2].
+void Stage::Impl::ropeAngles(uint32_t pos, float* cosT, float* sinT) const {
   const uint32_t half = cfg.nRot / 2;
-  std::vector<float> cosT(half), sinT(half);
   const float thetaScale = std::pow(cfg.ropeTheta, -2.0f / float(cfg.nRot));
   float theta = float(pos);
   for (uint32_t i = 0; i < half; ++i) {
@@ -113,6 +155,12 @@ void Stage::Impl::ropeRow(float* v, uint32_t nHeads, uint32_t pos) const {
     sinT[i] = std::sin(theta);
     theta *= thetaScale;
   }
+}
+
+// Rotates the first nRot dims of each of nHeads head vectors (headDim apart): NORM rotates pairs
+// (2i, 2i+1), NEOX pairs (i, i + nRot/2).
+void Stage::Impl::ropeRow(float* v, uint32_t nHeads, const float* cosT, const float* sinT) const {
+  const uint32_t half = cfg.nRot / 2;
   for (uint32_t h = 0; h < nHeads; ++h) {
     float* x = v + size_t(h) * cfg.headDim;
     for (uint32_t i = 0; i < half; ++i) {
@@ -125,63 +173,40 @@ void Stage::Impl::ropeRow(float* v, uint32_t nHeads, uint32_t pos) const {
   }
 }
 
-// q: [n][qDim] after RoPE; out: [n][qDim]. Token t attends to positions 0..pos[t] of its sequence
-// (its own K/V already written). F16 KV: Q and the softmax output are rounded to fp16 too.
-void Stage::Impl::attention(uint32_t layer, const BatchIn& in, const float* q, float* out) {
-  const uint32_t n = uint32_t(in.seq.size());
-  const uint32_t hd = cfg.headDim, kvDim = cfg.kvDim(), qDim = cfg.qDim();
-  const uint32_t group = cfg.nHead / cfg.nHeadKv;
+// Head h of one token: qt [qDim] after RoPE, out [headDim]; attends to positions 0..len-1 of its
+// sequence (its own K/V already written). F16 KV: Q and the softmax output are rounded to fp16.
+// qh [headDim] and p are the calling thread's scratch.
+void Stage::Impl::attendHead(const KvLayer& c, uint32_t len, const float* qt, uint32_t h, float* out,
+                             std::vector<float>& qh, std::vector<float>& p) const {
+  const uint32_t hd = cfg.headDim, kvDim = cfg.kvDim();
+  const uint32_t kvh = h / (cfg.nHead / cfg.nHeadKv);
   const float scale = 1.0f / std::sqrt(float(hd));
   const bool f16 = f16Kv();
-  std::vector<const KvLayer*> kv(n);
-  for (uint32_t t = 0; t < n; ++t) kv[t] = &seqs.at(in.seq[t]).layers[layer];
-  const int items = int(n * cfg.nHead);
-  uint64_t work = 0;  // multiply-adds, to skip the parallel region for tiny batches
-  for (uint32_t t = 0; t < n; ++t) work += uint64_t(in.pos[t] + 1) * 2 * qDim;
-#pragma omp parallel num_threads(threads) if (threads > 1 && work >= (uint64_t(1) << 16))
-  {
-    std::vector<float> qh(hd), kh(hd), vh(hd), acc(hd), p;
-#pragma omp for schedule(static)
-    for (int item = 0; item < items; ++item) {
-      const uint32_t t = uint32_t(item) / cfg.nHead, h = uint32_t(item) % cfg.nHead;
-      const uint32_t kvh = h / group;
-      const uint32_t len = in.pos[t] + 1;
-      const KvLayer& c = *kv[t];
-      const float* qt = q + size_t(t) * qDim + size_t(h) * hd;
-      for (uint32_t d = 0; d < hd; ++d) qh[d] = f16 ? kernels::roundFp16(qt[d]) : qt[d];
-      p.resize(len);
-      float maxS = -INFINITY;
-      for (uint32_t j = 0; j < len; ++j) {
-        const size_t off = size_t(j) * kvDim + size_t(kvh) * hd;
-        const float* kp;
-        if (f16) {
-          for (uint32_t d = 0; d < hd; ++d) kh[d] = kernels::fp16ToFp32(c.k16[off + d]);
-          kp = kh.data();
-        } else {
-          kp = c.k32.data() + off;
-        }
-        p[j] = kt->dotF32(qh.data(), kp, hd) * scale;
-        maxS = std::max(maxS, p[j]);
-      }
-      double sum = 0.0;
-      for (uint32_t j = 0; j < len; ++j) {
-        p[j] = std::exp(p[j] - maxS);
-        sum += p[j];
-      }
-      const float inv = float(1.0 / sum);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (uint32_t j = 0; j < len; ++j) {
-        float pj = p[j] * inv;
-        const size_t off = size_t(j) * kvDim + size_t(kvh) * hd;
-        if (f16) {
-          pj = kernels::roundFp16(pj);
-          for (uint32_t d = 0; d < hd; ++d) acc[d] += pj * kernels::fp16ToFp32(c.v16[off + d]);
-        } else {
-          const float* vp = c.v32.data() + off;
-          for (uint32_t d = 0; d < hd; ++d) acc[d] += pj * vp[d];
-        }
-      }
-      std::memcpy(out + size_t(t) * qDim + size_t(h) * hd, acc.data(), size_t(hd) * 4);
+  const float* qs = qt + size_t(h) * hd;
+  for (uint32_t d = 0; d < hd; ++d) qh[d] = f16 ? kernels::roundFp16(qs[d]) : qs[d];
+  p.resize(len);
+  float maxS = -INFINITY;
+  for (uint32_t j = 0; j < len; ++j) {
+    const size_t off = size_t(j) * kvDim + size_t(kvh) * hd;
+    p[j] = (f16 ? kt->dotF16(qh.data(), c.k16.data() + off, hd) : kt->dotF32(qh.data(), c.k32.data() + off, hd)) *
+           scale;
+    maxS = std::max(maxS, p[j]);
+  }
+  double sum = 0.0;
+  for (uint32_t j = 0; j < len; ++j) {
+    p[j] = std::exp(p[j] - maxS);
+    sum += p[j];
+  }
+  const float inv = float(1.0 / sum);
+  std::fill(out, out + hd, 0.0f);
+  for (uint32_t j = 0; j < len; ++j) {
+    const float pj = p[j] * inv;
+    const size_t off = size_t(j) * kvDim + size_t(kvh) * hd;
+    if (f16) {
+      kt->axpyF16(out, kernels::roundFp16(pj), c.v16.data() + off, hd);
+    } else {
+      const float* vp = c.v32.data() + off;
+      for (uint32_t d = 0; d < hd; ++d) out[d] += pj * vp[d];
     }
   }
 }
@@ -263,9 +288,31 @@ Stage::Stage(std::shared_ptr<const gguf::File> file, const ModelConfig& cfg, Sta
     s.outputNorm = loadNorm(f, tn::kOutputNorm, d);
     const char* headName = cfg.tiedHead ? tn::kTokenEmbd : tn::kOutput;
     s.head = loadLinear(f, headName, d, cfg.nVocab, false);  // the head stays float
-    if (s.head.kind == Linear::Kind::T2)
+    if (s.head.kind == Linear::Kind::T2 || s.head.kind == Linear::Kind::TL3)
       f.fail(std::string(headName) + ": a ternary output head is not supported");
-    s.bytes += s.head.bytes + uint64_t(4) * d;
+    if (opts.head == HeadType::Q8) {
+      try {
+        s.headQ8 = quantizeHeadQ8(s.head, s.threads);
+      } catch (const std::invalid_argument& e) {
+        f.fail(std::string(headName) + ": " + e.what());
+      }
+      s.bytes += s.headQ8.bytes() + uint64_t(4) * d;
+    } else {
+      s.bytes += s.head.bytes + uint64_t(4) * d;
+    }
+  }
+  if (opts.hugePages) s.moveToHugePages();
+  auto integer = [](const Linear& l) { return l.int8 || l.kind == Linear::Kind::TL3; };
+  auto tl3 = [](const Linear& l) { return l.kind == Linear::Kind::TL3; };
+  for (const Layer& L : s.layers) {
+    for (const Linear* l : {&L.q, &L.k, &L.v, &L.gate, &L.up}) {
+      s.int8D = s.int8D || integer(*l);
+      s.tl3D = s.tl3D || tl3(*l);
+    }
+    s.int8Q = s.int8Q || integer(L.o);
+    s.tl3Q = s.tl3Q || tl3(L.o);
+    s.int8F = s.int8F || integer(L.down);
+    s.tl3F = s.tl3F || tl3(L.down);
   }
 }
 
@@ -354,85 +401,134 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
     }
   }
 
-  // --- compute ---
+  // --- compute: one parallel region; threads meet at barriers between phases ---
   const uint32_t nt = uint32_t(n);
-  const int th = s.threads;
-  std::vector<float> x(size_t(n) * d);
-  if (s.range.embed) {
-    for (size_t i = 0; i < n; ++i) s.embedRow(in.tokens[i], x.data() + i * d);
-  } else {
-    std::memcpy(x.data(), in.act.data(), x.size() * 4);
-  }
-  const uint32_t qd = cfg.qDim(), ff = cfg.nFf;
-  std::vector<float> h(size_t(n) * std::max(d, qd)), q(size_t(n) * qd), kk(size_t(n) * kvd),
-      vv(size_t(n) * kvd), att(size_t(n) * qd), o(size_t(n) * d), g(size_t(n) * ff),
-      u(size_t(n) * ff), f(size_t(n) * ff);
-  for (size_t li = 0; li < s.layers.size(); ++li) {
-    const Layer& L = s.layers[li];
-    for (size_t i = 0; i < n; ++i) rmsNorm(&x[i * d], L.attnNorm.data(), d, cfg.normEps, &h[i * d]);
-    applyLinear(*s.kt, L.q, h.data(), nt, q.data(), th);
-    applyLinear(*s.kt, L.k, h.data(), nt, kk.data(), th);
-    applyLinear(*s.kt, L.v, h.data(), nt, vv.data(), th);
-    for (size_t i = 0; i < n; ++i) {
-      s.ropeRow(&q[i * qd], cfg.nHead, in.pos[i]);
-      s.ropeRow(&kk[i * kvd], cfg.nHeadKv, in.pos[i]);
-      KvLayer& c = s.seqs.at(in.seq[i]).layers[li];
-      const size_t off = size_t(in.pos[i]) * kvd;
-      if (s.f16Kv()) {
-        for (uint32_t j = 0; j < kvd; ++j) {
-          c.k16[off + j] = kernels::fp32ToFp16(kk[i * kvd + j]);
-          c.v16[off + j] = kernels::fp32ToFp16(vv[i * kvd + j]);
-        }
-      } else {
-        std::memcpy(&c.k32[off], &kk[i * kvd], size_t(kvd) * 4);
-        std::memcpy(&c.v32[off], &vv[i * kvd], size_t(kvd) * 4);
-      }
-    }
-    s.attention(uint32_t(li), in, q.data(), att.data());
-    if (cfg.subNorms)
-      for (size_t i = 0; i < n; ++i)
-        rmsNorm(&att[i * qd], L.attnSubNorm.data(), qd, cfg.normEps, &att[i * qd]);
-    applyLinear(*s.kt, L.o, att.data(), nt, o.data(), th);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
-
-    for (size_t i = 0; i < n; ++i) rmsNorm(&x[i * d], L.ffnNorm.data(), d, cfg.normEps, &h[i * d]);
-    applyLinear(*s.kt, L.gate, h.data(), nt, g.data(), th);
-    applyLinear(*s.kt, L.up, h.data(), nt, u.data(), th);
-    for (size_t i = 0; i < g.size(); ++i) {
-      float a = g[i];
-      if (cfg.ffnAct == FfnAct::Silu) {
-        a = a / (1.0f + std::exp(-a));
-      } else {
-        a = std::max(a, 0.0f);
-        a = a * a;
-      }
-      f[i] = a * u[i];
-    }
-    if (cfg.subNorms)
-      for (size_t i = 0; i < n; ++i)
-        rmsNorm(&f[i * ff], L.ffnSubNorm.data(), ff, cfg.normEps, &f[i * ff]);
-    applyLinear(*s.kt, L.down, f.data(), nt, o.data(), th);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
-  }
-
-  if (s.range.head) {
-    std::vector<uint32_t> rows;
+  const uint32_t qd = cfg.qDim(), ff = cfg.nFf, half = cfg.nRot / 2;
+  std::vector<float> x(size_t(n) * d), h(size_t(n) * d), q(size_t(n) * qd), kk(size_t(n) * kvd),
+      vv(size_t(n) * kvd), att(size_t(n) * qd), o(size_t(n) * d), g(size_t(n) * ff), u(size_t(n) * ff),
+      f(size_t(n) * ff), cosT(size_t(n) * half), sinT(size_t(n) * half);
+  std::vector<Sequence*> seqOf(n);
+  for (size_t i = 0; i < n; ++i) seqOf[i] = &s.seqs.at(in.seq[i]);
+  GroupInput inD, inQ, inF, inH;
+  inD.reserve(nt, d, s.int8D, s.tl3D);
+  inD.x = h.data();
+  inQ.reserve(nt, qd, s.int8Q, s.tl3Q);
+  inQ.x = att.data();
+  inF.reserve(nt, ff, s.int8F, s.tl3F);
+  inF.x = f.data();
+  std::vector<uint32_t> rows;  // tokens whose logits are wanted
+  if (s.range.head)
     for (size_t i = 0; i < n; ++i)
       if (!in.wantLogits.empty() && in.wantLogits[i]) rows.push_back(uint32_t(i));
-    if (!rows.empty()) {
-      std::vector<float> hn(rows.size() * d);
-      for (size_t r = 0; r < rows.size(); ++r) {
-        float* dst = &hn[r * d];
-        // The normed hidden state stays float32 even for an F16 head: bitnet.cpp does not round
-        // it (measured on tiny-bitnet I2_S: 8.6e-6 from its logits unrounded, 3.0e-3 rounded).
-        rmsNorm(&x[size_t(rows[r]) * d], s.outputNorm.data(), d, cfg.normEps, dst);
-      }
-      out.logits.resize(rows.size() * cfg.nVocab);
-      applyLinear(*s.kt, s.head, hn.data(), uint32_t(rows.size()), out.logits.data(), th);
-    }
-  } else {
-    out.act = std::move(x);
+  const uint32_t nRows = uint32_t(rows.size());
+  std::vector<float> hn(size_t(nRows) * d);
+  const bool q8 = s.opts.head == HeadType::Q8;
+  Projection headProj[1];
+  if (nRows) {
+    inH.reserve(nRows, d, q8, false);
+    inH.x = hn.data();
+    out.logits.resize(size_t(nRows) * cfg.nVocab);
+    headProj[0] = q8 ? Projection{nullptr, &s.headQ8, out.logits.data()}
+                     : Projection{&s.head, nullptr, out.logits.data()};
   }
+  // Shared integer scratch: the largest group.
+  size_t accElems = size_t(n) * std::max({qd + 2 * kvd, 2 * ff, d});
+  if (nRows) accElems = std::max(accElems, groupAccElems(headProj, nRows));
+  std::vector<int32_t> acc(accElems);
+
+#pragma omp parallel num_threads(s.threads)
+  {
+    const Team team{omp_get_thread_num(), omp_get_num_threads()};
+    const auto [t0, t1] = team.share(nt);  // this thread's tokens in every per-token phase
+    std::vector<float> qh(cfg.headDim), p;
+    for (uint32_t t = t0; t < t1; ++t) {
+      if (s.range.embed) s.embedRow(in.tokens[t], x.data() + size_t(t) * d);
+      else std::memcpy(x.data() + size_t(t) * d, in.act.data() + size_t(t) * d, size_t(d) * 4);
+      s.ropeAngles(in.pos[t], cosT.data() + size_t(t) * half, sinT.data() + size_t(t) * half);
+    }
+    for (size_t li = 0; li < s.layers.size(); ++li) {
+      const Layer& L = s.layers[li];
+      for (uint32_t t = t0; t < t1; ++t) rmsNorm(&x[t * d], L.attnNorm.data(), d, cfg.normEps, &h[t * d]);
+      prepareInput(*s.kt, inD, team);
+#pragma omp barrier
+      const Projection qkv[3] = {{&L.q, nullptr, q.data()}, {&L.k, nullptr, kk.data()}, {&L.v, nullptr, vv.data()}};
+      runGroup(*s.kt, qkv, inD, acc.data(), team);
+#pragma omp barrier
+      for (uint32_t t = t0; t < t1; ++t) {
+        const float* ct = cosT.data() + size_t(t) * half;
+        const float* st = sinT.data() + size_t(t) * half;
+        s.ropeRow(&q[t * qd], cfg.nHead, ct, st);
+        s.ropeRow(&kk[t * kvd], cfg.nHeadKv, ct, st);
+        KvLayer& c = seqOf[t]->layers[li];
+        const size_t off = size_t(in.pos[t]) * kvd;
+        if (s.f16Kv()) {
+          for (uint32_t j = 0; j < kvd; ++j) {
+            c.k16[off + j] = kernels::fp32ToFp16(kk[t * kvd + j]);
+            c.v16[off + j] = kernels::fp32ToFp16(vv[t * kvd + j]);
+          }
+        } else {
+          std::memcpy(&c.k32[off], &kk[t * kvd], size_t(kvd) * 4);
+          std::memcpy(&c.v32[off], &vv[t * kvd], size_t(kvd) * 4);
+        }
+      }
+#pragma omp barrier
+      // Heads of all tokens dealt out round robin: later tokens attend to more positions.
+      for (uint32_t item = uint32_t(team.id); item < nt * cfg.nHead; item += uint32_t(team.size)) {
+        const uint32_t t = item / cfg.nHead, hh = item % cfg.nHead;
+        s.attendHead(seqOf[t]->layers[li], in.pos[t] + 1, &q[t * qd], hh, &att[t * qd + hh * cfg.headDim], qh, p);
+      }
+#pragma omp barrier
+      if (cfg.subNorms)
+        for (uint32_t t = t0; t < t1; ++t) rmsNorm(&att[t * qd], L.attnSubNorm.data(), qd, cfg.normEps, &att[t * qd]);
+      prepareInput(*s.kt, inQ, team);
+#pragma omp barrier
+      const Projection proj[1] = {{&L.o, nullptr, o.data()}};
+      runGroup(*s.kt, proj, inQ, acc.data(), team);
+#pragma omp barrier
+      for (uint32_t t = t0; t < t1; ++t) {
+        for (size_t i = t * d; i < (t + 1) * size_t(d); ++i) x[i] += o[i];
+        rmsNorm(&x[t * d], L.ffnNorm.data(), d, cfg.normEps, &h[t * d]);
+      }
+      prepareInput(*s.kt, inD, team);
+#pragma omp barrier
+      const Projection gateUp[2] = {{&L.gate, nullptr, g.data()}, {&L.up, nullptr, u.data()}};
+      runGroup(*s.kt, gateUp, inD, acc.data(), team);
+#pragma omp barrier
+      for (uint32_t t = t0; t < t1; ++t) {
+        for (size_t i = t * size_t(ff); i < (t + 1) * size_t(ff); ++i) {
+          float a = g[i];
+          if (cfg.ffnAct == FfnAct::Silu) {
+            a = a / (1.0f + std::exp(-a));
+          } else {
+            a = std::max(a, 0.0f);
+            a = a * a;
+          }
+          f[i] = a * u[i];
+        }
+        if (cfg.subNorms) rmsNorm(&f[t * ff], L.ffnSubNorm.data(), ff, cfg.normEps, &f[t * ff]);
+      }
+      prepareInput(*s.kt, inF, team);
+#pragma omp barrier
+      const Projection down[1] = {{&L.down, nullptr, o.data()}};
+      runGroup(*s.kt, down, inF, acc.data(), team);
+#pragma omp barrier
+      for (uint32_t t = t0; t < t1; ++t)
+        for (size_t i = t * d; i < (t + 1) * size_t(d); ++i) x[i] += o[i];
+    }
+    if (nRows) {
+      // The normed hidden state stays float32 even for an F16 head: bitnet.cpp does not round
+      // it (measured on tiny-bitnet I2_S: 8.6e-6 from its logits unrounded, 3.0e-3 rounded).
+      // Rows are shared like tokens: wait for every token's residual first.
+#pragma omp barrier
+      const auto [r0, r1] = team.share(nRows);
+      for (uint32_t r = r0; r < r1; ++r)
+        rmsNorm(&x[size_t(rows[r]) * d], s.outputNorm.data(), d, cfg.normEps, &hn[size_t(r) * d]);
+      prepareInput(*s.kt, inH, team);
+#pragma omp barrier
+      runGroup(*s.kt, headProj, inH, acc.data(), team);
+    }
+  }
+  if (!s.range.head) out.act = std::move(x);
   for (auto& [id, len] : nextPos) s.seqs.at(id).len = len;
 }
 

@@ -3,7 +3,8 @@
 //
 // The first stage also embeds tokens; the last stage also applies the final norm and the head.
 // One stage = the whole model when range = [0, nLayer) with first and last set.
-// Threads: forward() runs OpenMP parallel regions inside; every output row is computed by one
+// Threads: forward() runs one OpenMP parallel region per batch, the threads meeting at barriers
+// between phases; every output row (and every attention head of a token) is computed by one
 // thread with a fixed reduction order, so results do not depend on the thread count.
 #pragma once
 
@@ -28,12 +29,21 @@ enum class ActQuant {
   Float,  // plain float matmul on dequantised weights
 };
 enum class KvType { F16, F32 };
+// The head (tied embedding or output.weight).
+enum class HeadType {
+  Float,  // as stored (F32/F16/BF16): lossless
+  Q8,     // int8 per row at load (ops/group.hpp HeadQ8): half the bytes of an F16 head; logits
+          // move by at most the quantisation error (not lossless)
+};
 
 struct StageOptions {
   ActQuant actQuant = ActQuant::Auto;
   KvType kvType = KvType::F16;  // llama.cpp's default; F16 K/V also round Q and softmax to F16
   int threads = 0;              // OpenMP threads for this stage; 0 = omp default
   std::string kernels = "auto"; // kernel variant: "auto" | "ref"
+  HeadType head = HeadType::Float;
+  bool hugePages = true;        // copy the projection and head weights into huge-page memory
+                                // at load (ops/huge_buffer.hpp): faster streaming, more RSS
 };
 
 struct StageRange {

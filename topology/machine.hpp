@@ -1,9 +1,9 @@
 // The machine as hwloc sees it, in tern's own types: packages, NUMA nodes, cores, PUs.
 //
 // Only the allowed cpuset counts (a container restricted with --cpuset-cpus sees its own cores).
-// TODO(now): placement and binding (a worker pinned to one NUMA node, its OpenMP team bound to
-// that node's cores, weights allocated there) come with the cluster issue; compute them as
-// "topology in, cpusets out" so they can be tested on synthetic topologies.
+// Placement is computed from a Machine ("topology in, cpusets out", testable on synthetic
+// topologies); topology/binding.hpp applies it to the running process (threads, OpenMP teams,
+// memory on a NUMA node).
 #pragma once
 
 #include <cstdint>
@@ -14,7 +14,8 @@ namespace tern::topo {
 
 struct NumaNode {
   unsigned index = 0;        // OS index of the node
-  uint64_t memoryBytes = 0;  // local memory in bytes (0 when unknown, e.g. synthetic)
+  uint64_t memoryBytes = 0;  // local memory in bytes (0 when unknown; synthetic: 1 GiB unless
+                             // given, e.g. "numa:2(memory=64GB)", GB = 1e9, GiB = 2^30)
   std::vector<unsigned> cores;  // OS index of the first allowed PU of each core in this node
 };
 
@@ -28,7 +29,8 @@ struct Machine {
 
   // The host. Throws std::runtime_error when hwloc cannot build a topology.
   static Machine detect();
-  // A synthetic topology in hwloc's syntax, e.g. "pack:2 numa:1 core:4 pu:2". Throws
+  // A synthetic topology in hwloc's syntax, e.g. "pack:2 numa:1 core:4 pu:2" (the last level
+  // must be pu). Throws
   // std::invalid_argument for a description hwloc rejects.
   static Machine fromSynthetic(const std::string& desc);
 

@@ -145,7 +145,7 @@ TEST_CASE("tensorBytes and the traits table") {
     CHECK(static_cast<uint32_t>(tr->type) == id);
     CHECK(tensorTypeFromName(tr->name) == tr->type);
   }
-  for (uint32_t id : {4u, 5u, 31u, 32u, 33u, 37u, 40u, 999u, 1001u}) CHECK(tensorTypeTraits(id) == nullptr);
+  for (uint32_t id : {4u, 5u, 31u, 32u, 33u, 37u, 40u, 999u, 1002u}) CHECK(tensorTypeTraits(id) == nullptr);
   CHECK(std::string(tensorTypeName(T::TERN_T2)) == "TERN_T2");
   CHECK(std::string(tensorTypeName(static_cast<T>(77))) == "unknown");
   CHECK(tensorTypeFromName("Q9_9") == std::nullopt);

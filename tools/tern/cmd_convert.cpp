@@ -14,10 +14,10 @@ void addConvertCommand(CLI::App& app) {
   auto opts = std::make_shared<ConvertOptions>();
   auto to = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
-      "convert", "rewrite every ternary projection into another format (t2, i2_s, tq2_0, tq1_0)");
+      "convert", "rewrite every ternary projection into another format (t2, i2_s, tq2_0, tq1_0, tl3)");
   cmd->add_option("-m,--model", opts->input, "input GGUF file")->required();
   cmd->add_option("-o,--output", opts->output, "output GGUF file")->required();
-  cmd->add_option("--to", *to, "target format: t2 | i2_s | tq2_0 | tq1_0")->required();
+  cmd->add_option("--to", *to, "target format: t2 | i2_s | tq2_0 | tq1_0 | tl3")->required();
   cmd->callback([opts, to]() {
     opts->to = parseConvertTarget(*to);
     ConvertResult r;

@@ -5,6 +5,7 @@
 // capabilities on this thread's kj event loop, driven by the coordinator's Generator.
 // Generated text goes to stdout as it is produced; everything else goes to stderr.
 #include "tools/tern/commands.hpp"
+#include "tools/tern/embedded.hpp"
 
 #include "coordinator/generator.hpp"
 #include "kernels/dispatch.hpp"
@@ -53,6 +54,7 @@ struct RunOptions {
   std::string kvType = "f16";
   std::string actQuant = "auto";
   std::string kernels = "auto";
+  std::string head = "f16";  // f16: the head as stored (lossless); q8: int8 per row
   bool noBos = false;
 };
 
@@ -68,34 +70,6 @@ std::string readFile(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-std::string humanBytes(uint64_t b) {
-  char buf[64];
-  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
-  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", b / double(1ull << 20));
-  else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-  return buf;
-}
-
-std::string typeSummary(const gguf::File& f) {
-  std::map<std::string, int> counts;
-  for (const auto& t : f.tensors()) counts[tensorTypeName(t.type)]++;
-  std::string s;
-  for (const auto& [name, n] : counts) s += (s.empty() ? "" : ", ") + name + " x" + std::to_string(n);
-  return s;
-}
-
-// K contiguous, even ranges of [0, nLayer): the first nLayer % K ranges get one layer more.
-std::vector<ops::StageRange> splitLayers(uint32_t nLayer, uint32_t k) {
-  std::vector<ops::StageRange> ranges;
-  uint32_t at = 0;
-  for (uint32_t i = 0; i < k; ++i) {
-    const uint32_t len = nLayer / k + (i < nLayer % k ? 1 : 0);
-    ranges.push_back({at, at + len, i == 0, i + 1 == k});
-    at += len;
-  }
-  return ranges;
 }
 
 void validate(const RunOptions& o) {
@@ -177,12 +151,10 @@ void run(RunOptions o, const std::vector<std::string>& given) {
   std::fprintf(stderr, "machine: %s\n", machine.summary().c_str());
   if (o.threads == 0) o.threads = static_cast<int>(machine.defaultThreads());
 
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(o.model, ec)) fail("model file not found: " + o.model);
-  auto file = gguf::File::open(o.model);
-  const ModelConfig cfg = ModelConfig::fromGguf(*file);
-  cfg.validateTensors(*file);
-  auto tokenizer = Tokenizer::create(Vocab::fromGguf(*file));
+  const OpenedModel model = openModel(o.model);
+  const auto& file = model.file;
+  const ModelConfig& cfg = model.cfg;
+  const auto& tokenizer = model.tokenizer;
 
   uint32_t nCtx = std::min<uint32_t>(cfg.nCtxTrain, 4096);
   if (o.ctx > 0) {
@@ -200,12 +172,7 @@ void run(RunOptions o, const std::vector<std::string>& given) {
                    cfg.nCtxTrain);
     }
   }
-  uint32_t nStages = o.stages > 0 ? static_cast<uint32_t>(o.stages)
-                                  : std::min<uint32_t>(std::max(1u, machine.numaNodes), cfg.nLayer);
-  if (nStages > cfg.nLayer) {
-    fail("--stages " + std::to_string(nStages) + " is more than the model's " +
-         std::to_string(cfg.nLayer) + " layers");
-  }
+  const uint32_t nStages = stageCount(o.stages, machine, cfg.nLayer);
 
   ops::StageOptions sopts;
   sopts.kvType = o.kvType == "f32" ? ops::KvType::F32 : ops::KvType::F16;
@@ -213,6 +180,7 @@ void run(RunOptions o, const std::vector<std::string>& given) {
                    : o.actQuant == "float" ? ops::ActQuant::Float : ops::ActQuant::Auto;
   sopts.threads = o.threads;
   sopts.kernels = o.kernels;
+  sopts.head = o.head == "q8" ? ops::HeadType::Q8 : ops::HeadType::Float;
 
   std::fprintf(stderr, "model: %s, arch %s, %.2f M params, %s, tensors: %s\n",
                cfg.name.empty() ? std::filesystem::path(o.model).filename().c_str() : cfg.name.c_str(),
@@ -224,12 +192,7 @@ void run(RunOptions o, const std::vector<std::string>& given) {
   // Event loop first: capabilities must be destroyed before it.
   kj::EventLoop loop;
   kj::WaitScope waitScope(loop);
-  std::vector<proto::Stage::Client> caps;
-  for (const auto& range : splitLayers(cfg.nLayer, nStages)) {
-    auto stage = std::make_unique<ops::Stage>(file, cfg, range, sopts);
-    caps.push_back(kj::heap<worker::StageServer>(std::move(stage), static_cast<unsigned>(o.threads),
-                                                 machine.summary()));
-  }
+  std::vector<proto::Stage::Client> caps = buildEmbeddedStages(model, nStages, sopts, machine);
   coord::GeneratorOptions gopts;
   gopts.nCtx = nCtx;
   coord::Generator gen(cfg, *tokenizer, std::move(caps), waitScope, gopts);
@@ -324,6 +287,9 @@ void addRunCommand(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "int8", "float"}))->capture_default_str();
   cmd->add_option("--kernels", opts->kernels, "kernel variant")
       ->check(CLI::IsMember(kernels::kernelNames()))->capture_default_str();
+  cmd->add_option("--head", opts->head,
+                  "head numerics: f16 = as stored (lossless), q8 = int8 per row (half the bytes)")
+      ->check(CLI::IsMember({"f16", "q8"}))->capture_default_str();
   cmd->add_flag("--no-bos", opts->noBos, "do not prepend BOS to the prompt");
   cmd->callback([cmd, opts] {
     std::vector<std::string> given;

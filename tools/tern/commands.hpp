@@ -10,5 +10,7 @@ void addRunCommand(CLI::App& app);       // cmd_run.cpp: tern run
 void addTokenizeCommand(CLI::App& app);  // cmd_tokenize.cpp: tern tokenize
 void addGenCommand(CLI::App& app);       // cmd_gen.cpp: tern gen
 void addConvertCommand(CLI::App& app);   // cmd_convert.cpp: tern convert
+void addBenchCommand(CLI::App& app);     // cmd_bench.cpp: tern bench
+void addPlanCommand(CLI::App& app);      // cmd_plan.cpp: tern plan
 
 }  // namespace tern::cli

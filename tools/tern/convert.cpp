@@ -35,6 +35,7 @@ uint32_t fileTypeOf(WeightFormat f) {
     case WeightFormat::I2S: return 40;
     case WeightFormat::TQ2_0: return 37;
     case WeightFormat::TQ1_0: return 36;
+    case WeightFormat::TL3: return 1001;  // tern's "mostly TERN_TL3"
   }
   return 0;
 }
@@ -119,7 +120,7 @@ std::vector<uint8_t> encode(const Ternary& tern, WeightFormat to, uint32_t k, ui
 
 WeightFormat parseConvertTarget(const std::string& s) {
   if (auto f = kernels::weightFormatFromName(s)) return *f;
-  throw std::invalid_argument("unknown target format '" + s + "' (valid: t2, i2_s, tq2_0, tq1_0)");
+  throw std::invalid_argument("unknown target format '" + s + "' (valid: t2, i2_s, tq2_0, tq1_0, tl3)");
 }
 
 ConvertResult convertModel(const ConvertOptions& opts, const gguf::Writer::Progress& progress,

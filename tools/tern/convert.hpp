@@ -2,13 +2,13 @@
 //
 // Every projection (blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight) is
 // decoded to codes w in {-1, 0, +1} plus one scale s_w and re-encoded in the target format:
-//   - TERN_T2 / I2_S / TQ2_0 / TQ1_0 sources: lossless (except a scale that the target cannot
+//   - TERN_T2 / I2_S / TQ2_0 / TQ1_0 / TERN_TL3 sources: lossless (except a scale that the target cannot
 //     store exactly: TQ keeps it as fp16, reported as a warning);
 //   - F32 / F16 / BF16 sources whose values are exactly {-s, 0, +s} for one s: lossless;
 //   - other float sources: BitNet's absmean ternarisation s = max(mean|W|, 1e-5),
 //     w = clamp(round(W / s), -1, 1), reported as a lossy warning.
 // Every other tensor and all metadata are copied; general.file_type names the target
-// (TERN_T2 1000, I2_S 40, TQ2_0 37, TQ1_0 36). The output streams through gguf::Writer, one
+// (TERN_T2 1000, I2_S 40, TQ2_0 37, TQ1_0 36, TERN_TL3 1001). The output streams through gguf::Writer, one
 // tensor in memory at a time.
 #pragma once
 
@@ -36,7 +36,7 @@ struct ConvertResult {
   std::vector<std::string> warnings;  // one line each (also passed to `warn` as they happen)
 };
 
-// "t2" | "i2_s" | "tq2_0" | "tq1_0" (or the GGUF type names); throws std::invalid_argument
+// "t2" | "i2_s" | "tq2_0" | "tq1_0" | "tl3" (or the GGUF type names); throws std::invalid_argument
 // listing the choices.
 kernels::WeightFormat parseConvertTarget(const std::string& s);
 

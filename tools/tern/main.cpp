@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   tern::cli::addTokenizeCommand(app);
   tern::cli::addGenCommand(app);
   tern::cli::addConvertCommand(app);
+  tern::cli::addBenchCommand(app);
+  tern::cli::addPlanCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,128 @@
+// tern bench: llama-bench for tern (see tools/tern/bench.hpp for what is measured).
+//   tern bench -m FILE [-m FILE2] [-p 512] [-n 128] [-t 1,2] [-r 5] [--kernels auto] [--json]
+//   tern bench kernels [-t 1,2] [--layout 2B4T] [--kernels avx512,ref] [-r 5]
+// The table (or JSON) goes to stdout, progress lines to stderr.
+#include "tools/tern/bench.hpp"
+#include "tools/tern/commands.hpp"
+
+#include "kernels/dispatch.hpp"
+
+#include <kj/exception.h>
+
+#include <cstdio>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tern::cli {
+namespace {
+
+struct BenchArgs {
+  std::vector<std::string> models;
+  std::string prompts = "512";
+  std::string gens = "128";
+  std::string threads;  // empty: physical cores
+  int reps = 5;
+  std::string kernels = "auto";
+  bool json = false;
+  int stages = 0;
+  uint64_t seed = 1234;
+  uint64_t bandwidthMib = 0;
+};
+
+struct KernelArgs {
+  std::string threads;
+  std::string layout = "2B4T";
+  std::string kernels;  // empty: every supported variant
+  int reps = 5;
+  uint64_t streamMib = 0;
+  uint64_t bandwidthMib = 0;
+  bool json = false;
+};
+
+void logLine(const std::string& line) {
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+void writeOut(const std::string& s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+template <class F>
+void oneLineErrors(F&& f) {
+  try {
+    f();
+  } catch (const kj::Exception& e) {  // from the stages: one line, without kj's trace
+    throw std::runtime_error(std::string(e.getDescription().cStr()));
+  }
+}
+
+}  // namespace
+
+void addBenchCommand(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  auto k = std::make_shared<KernelArgs>();
+  CLI::App* cmd = app.add_subcommand("bench", "measure prefill and decode speed (llama-bench style)");
+  cmd->add_option("-m,--model", a->models, "model file (GGUF); repeat for several");
+  cmd->add_option("-p,--n-prompt", a->prompts, "prompt lengths, comma list (0 = no pp test)")
+      ->capture_default_str();
+  cmd->add_option("-n,--n-gen", a->gens, "generated token counts, comma list (0 = no tg test)")
+      ->capture_default_str();
+  cmd->add_option("-t,--threads", a->threads, "thread counts, comma list (default: physical cores)");
+  cmd->add_option("-r,--repetitions", a->reps, "timed repetitions of each test")->capture_default_str();
+  cmd->add_option("--kernels", a->kernels, "kernel variants, comma list (auto, ref, avx2, avx512, ...)")
+      ->capture_default_str();
+  cmd->add_flag("--json", a->json, "print a JSON array instead of the table");
+  cmd->add_option("--stages", a->stages, "in-process pipeline stages (default: NUMA nodes)");
+  cmd->add_option("--seed", a->seed, "seed of the random token ids")->capture_default_str();
+  cmd->add_option("--bw-mib", a->bandwidthMib, "bandwidth probe buffer in MiB (default: max(1 GiB, 8 x LLC))");
+
+  CLI::App* kcmd = cmd->add_subcommand("kernels", "time each kernel on a layout's shapes");
+  kcmd->add_option("-t,--threads", k->threads, "thread counts, comma list (default: 1 and physical cores)");
+  kcmd->add_option("--layout", k->layout, "layout whose shapes to use (tern gen --list)")
+      ->capture_default_str();
+  kcmd->add_option("--kernels", k->kernels, "variants, comma list (default: all this CPU supports)");
+  kcmd->add_option("-r,--repetitions", k->reps, "repetitions (best is kept)")->capture_default_str();
+  kcmd->add_option("--stream-mib", k->streamMib, "GEMV weights cycled per shape in MiB (default: 4 x LLC)");
+  kcmd->add_option("--bw-mib", k->bandwidthMib, "bandwidth probe buffer in MiB (default: max(1 GiB, 8 x LLC))");
+  kcmd->add_flag("--json", k->json, "print a JSON array instead of the table");
+
+  kcmd->callback([k] {
+    KernelBenchOptions o;
+    o.layout = k->layout;
+    if (!k->threads.empty()) o.threads = parseIntList(k->threads, "-t", 1);
+    if (!k->kernels.empty()) o.variants = splitList(k->kernels);
+    o.reps = k->reps;
+    o.streamBytes = k->streamMib << 20;
+    o.bandwidthBytes = k->bandwidthMib << 20;
+    const KernelReport r = runKernelBench(o, logLine);
+    writeOut(k->json ? formatKernelJson(r) : formatKernelTable(r));
+  });
+  cmd->callback([cmd, kcmd, a] {
+    if (kcmd->parsed()) return;
+    if (a->models.empty()) throw std::runtime_error("bench: -m FILE is required");
+    ModelBenchOptions o;
+    o.models = a->models;
+    o.nPrompt = parseIntList(a->prompts, "-p", 0);
+    o.nGen = parseIntList(a->gens, "-n", 0);
+    if (!a->threads.empty()) o.threads = parseIntList(a->threads, "-t", 1);
+    o.kernels = splitList(a->kernels);
+    if (o.kernels.empty()) throw std::runtime_error("--kernels: empty list");
+    o.reps = a->reps;
+    if (cmd->count("--stages") > 0 && a->stages < 1) {
+      throw std::runtime_error("--stages must be >= 1 (got " + std::to_string(a->stages) + ")");
+    }
+    o.stages = a->stages;
+    o.seed = a->seed;
+    o.bandwidthBytes = a->bandwidthMib << 20;
+    oneLineErrors([&] {
+      const BenchReport r = runModelBench(o, logLine);
+      writeOut(a->json ? formatJson(r) : formatMarkdown(r));
+    });
+  });
+}
+
+}  // namespace tern::cli
