@@ -8,6 +8,7 @@
 #include "model/tokenizer.hpp"
 #include "ops/stage.hpp"
 #include "tests/e2e/spawn.hpp"
+#include "kernels/dispatch.hpp"
 #include "worker/stage_server.hpp"
 
 #include <capnp/message.h>
@@ -34,12 +35,13 @@ std::vector<float> readFloats(const std::filesystem::path& p) {
 
 // Runs tern greedily and returns (stdout, logits file bytes).
 std::pair<std::string, std::string> greedy(const std::string& model, const std::string& prompt,
-                                           int n, int stages, int threads) {
+                                           int n, int stages, int threads,
+                                           const std::string& kernels = "auto") {
   e2e::TempDir dir;
   const auto logits = (dir / "logits.bin").string();
   auto r = runTern({"run", "-m", model, "-p", prompt, "-n", std::to_string(n), "--temp", "0",
                     "--stages", std::to_string(stages), "-t", std::to_string(threads),
-                    "--logits-out", logits});
+                    "--kernels", kernels, "--logits-out", logits});
   INFO("stderr: " << r.err);
   REQUIRE(r.exitCode == 0);
   return {r.out, e2e::slurp(logits)};
@@ -171,6 +173,13 @@ TEST_CASE("e2e pipeline: a generated 2B4T-style ternary model, 1-3 stages, 1-2 t
     CAPTURE(stages);
     CAPTURE(threads);
     const auto other = greedy(model, "Once upon a time", 4, stages, threads);
+    CHECK(other.first == base.first);
+    CHECK(other.second == base.second);
+  }
+  // Every kernel variant this CPU supports (ref included) gives the same tokens and logits.
+  for (const std::string& variant : tern::kernels::supportedKernelNames()) {
+    CAPTURE(variant);
+    const auto other = greedy(model, "Once upon a time", 4, 1, 2, variant);
     CHECK(other.first == base.first);
     CHECK(other.second == base.second);
   }
