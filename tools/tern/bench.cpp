@@ -10,7 +10,6 @@
 
 #include <kj/async.h>
 #include <nlohmann/json.hpp>
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
