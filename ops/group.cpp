@@ -144,9 +144,30 @@ void prepareInput(const kernels::KernelTable& kt, GroupInput& in, const Team& te
 }
 
 void runGroup(const kernels::KernelTable& kt, std::span<const Projection> group, const GroupInput& in,
-              int32_t* acc, const Team& team) {
+              int32_t* acc, const Team& team, std::atomic<uint32_t>* next) {
   uint32_t total = 0;
   for (const Projection& p : group) total += units(p.nOut());
+  if (next) {
+    // Pieces never straddle two projections: piece boundaries are unit boundaries of each.
+    const uint32_t per = in.n == 1 ? kCallRows / kUnitRows : 1;  // units per claimed piece
+    std::vector<uint32_t> first;  // first piece of each projection
+    uint32_t pieces = 0;
+    for (const Projection& p : group) {
+      first.push_back(pieces);
+      pieces += (units(p.nOut()) + per - 1) / per;
+    }
+    for (uint32_t c = next->fetch_add(1, std::memory_order_relaxed); c < pieces;
+         c = next->fetch_add(1, std::memory_order_relaxed)) {
+      size_t j = first.size() - 1;
+      while (first[j] > c) --j;
+      size_t accOff = 0;
+      for (size_t i = 0; i < j; ++i) accOff += size_t(group[i].nOut()) * in.n;
+      const uint32_t nOut = group[j].nOut();
+      const uint32_t r0 = (c - first[j]) * per * kUnitRows;
+      runRows(kt, group[j], in, acc + accOff, r0, std::min(nOut, r0 + per * kUnitRows));
+    }
+    return;
+  }
   const auto [u0, u1] = team.share(total);
   uint32_t base = 0;  // first unit of projection j
   size_t accOff = 0;
@@ -164,7 +185,7 @@ void runGroup(const kernels::KernelTable& kt, std::span<const Projection> group,
 }
 
 void applyGroup(const kernels::KernelTable& kt, std::span<const Projection> group, const float* x,
-                uint32_t n, uint32_t k, int threads) {
+                uint32_t n, uint32_t k, int threads, bool dynamic) {
   GroupInput in;
   bool int8 = false, tl3 = false;
   for (const Projection& p : group) {
@@ -174,12 +195,13 @@ void applyGroup(const kernels::KernelTable& kt, std::span<const Projection> grou
   in.reserve(n, k, int8, tl3);
   in.x = x;
   std::vector<int32_t> acc(groupAccElems(group, n));
+  std::atomic<uint32_t> next{0};
 #pragma omp parallel num_threads(std::max(threads, 1))
   {
     const Team team{omp_get_thread_num(), omp_get_num_threads()};
     prepareInput(kt, in, team);
 #pragma omp barrier
-    runGroup(kt, group, in, acc.data(), team);
+    runGroup(kt, group, in, acc.data(), team, dynamic ? &next : nullptr);
   }
 }
 

@@ -11,6 +11,7 @@
 #include "ops/huge_buffer.hpp"
 #include "ops/linear.hpp"
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -75,14 +76,17 @@ size_t groupAccElems(std::span<const Projection> group, uint32_t n);
 
 // Team calls: every thread of the team makes the same call; there is no barrier inside.
 // prepareInput quantises (and builds TL3 tables for) this thread's share of the tokens;
-// runGroup computes this thread's share of the group's output rows (after a barrier that
-// follows prepareInput). acc: [groupAccElems] shared scratch.
+// runGroup computes the group's output rows (after a barrier that follows prepareInput) in
+// pieces of 64 rows (256 for one token): with next == nullptr this thread's fixed contiguous
+// share; otherwise the threads claim pieces from the shared counter *next (zero before the
+// call, one counter per call), so a thread that the OS delays does not hold the others up.
+// Which thread computes a piece never changes its arithmetic. acc: [groupAccElems] scratch.
 void prepareInput(const kernels::KernelTable& kt, GroupInput& in, const Team& team);
 void runGroup(const kernels::KernelTable& kt, std::span<const Projection> group, const GroupInput& in,
-              int32_t* acc, const Team& team);
+              int32_t* acc, const Team& team, std::atomic<uint32_t>* next = nullptr);
 
 // A whole group on `threads` threads (its own parallel region): for tests and one-off calls.
 void applyGroup(const kernels::KernelTable& kt, std::span<const Projection> group, const float* x,
-                uint32_t n, uint32_t k, int threads);
+                uint32_t n, uint32_t k, int threads, bool dynamic = false);
 
 }  // namespace tern::ops

@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -435,6 +436,8 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
   size_t accElems = size_t(n) * std::max({qd + 2 * kvd, 2 * ff, d});
   if (nRows) accElems = std::max(accElems, groupAccElems(headProj, nRows));
   std::vector<int32_t> acc(accElems);
+  // Work counters: 5 per layer (Q/K/V, attention, O, gate/up, down) and one for the head.
+  std::vector<std::atomic<uint32_t>> next(s.layers.size() * 5 + 1);
 
 #pragma omp parallel num_threads(s.threads)
   {
@@ -452,7 +455,7 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
       prepareInput(*s.kt, inD, team);
 #pragma omp barrier
       const Projection qkv[3] = {{&L.q, nullptr, q.data()}, {&L.k, nullptr, kk.data()}, {&L.v, nullptr, vv.data()}};
-      runGroup(*s.kt, qkv, inD, acc.data(), team);
+      runGroup(*s.kt, qkv, inD, acc.data(), team, &next[li * 5]);
 #pragma omp barrier
       for (uint32_t t = t0; t < t1; ++t) {
         const float* ct = cosT.data() + size_t(t) * half;
@@ -472,8 +475,9 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
         }
       }
 #pragma omp barrier
-      // Heads of all tokens dealt out round robin: later tokens attend to more positions.
-      for (uint32_t item = uint32_t(team.id); item < nt * cfg.nHead; item += uint32_t(team.size)) {
+      // (token, head) items claimed one by one: later tokens attend to more positions.
+      for (uint32_t item = next[li * 5 + 1].fetch_add(1, std::memory_order_relaxed); item < nt * cfg.nHead;
+           item = next[li * 5 + 1].fetch_add(1, std::memory_order_relaxed)) {
         const uint32_t t = item / cfg.nHead, hh = item % cfg.nHead;
         s.attendHead(seqOf[t]->layers[li], in.pos[t] + 1, &q[t * qd], hh, &att[t * qd + hh * cfg.headDim], qh, p);
       }
@@ -483,7 +487,7 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
       prepareInput(*s.kt, inQ, team);
 #pragma omp barrier
       const Projection proj[1] = {{&L.o, nullptr, o.data()}};
-      runGroup(*s.kt, proj, inQ, acc.data(), team);
+      runGroup(*s.kt, proj, inQ, acc.data(), team, &next[li * 5 + 2]);
 #pragma omp barrier
       for (uint32_t t = t0; t < t1; ++t) {
         for (size_t i = t * d; i < (t + 1) * size_t(d); ++i) x[i] += o[i];
@@ -492,7 +496,7 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
       prepareInput(*s.kt, inD, team);
 #pragma omp barrier
       const Projection gateUp[2] = {{&L.gate, nullptr, g.data()}, {&L.up, nullptr, u.data()}};
-      runGroup(*s.kt, gateUp, inD, acc.data(), team);
+      runGroup(*s.kt, gateUp, inD, acc.data(), team, &next[li * 5 + 3]);
 #pragma omp barrier
       for (uint32_t t = t0; t < t1; ++t) {
         for (size_t i = t * size_t(ff); i < (t + 1) * size_t(ff); ++i) {
@@ -510,7 +514,7 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
       prepareInput(*s.kt, inF, team);
 #pragma omp barrier
       const Projection down[1] = {{&L.down, nullptr, o.data()}};
-      runGroup(*s.kt, down, inF, acc.data(), team);
+      runGroup(*s.kt, down, inF, acc.data(), team, &next[li * 5 + 4]);
 #pragma omp barrier
       for (uint32_t t = t0; t < t1; ++t)
         for (size_t i = t * d; i < (t + 1) * size_t(d); ++i) x[i] += o[i];
@@ -525,7 +529,7 @@ void Stage::forward(const BatchIn& in, BatchOut& out) {
         rmsNorm(&x[size_t(rows[r]) * d], s.outputNorm.data(), d, cfg.normEps, &hn[size_t(r) * d]);
       prepareInput(*s.kt, inH, team);
 #pragma omp barrier
-      runGroup(*s.kt, headProj, inH, acc.data(), team);
+      runGroup(*s.kt, headProj, inH, acc.data(), team, &next.back());
     }
   }
   if (!s.range.head) out.act = std::move(x);

@@ -158,7 +158,7 @@ TEST_CASE("perf: dotF16 and axpyF16 equal the float reference bit for bit in eve
   }
 }
 
-TEST_CASE("perf: a fused group equals applyLinear per projection, bit for bit, for 1-3 threads") {
+TEST_CASE("perf: a fused group equals applyLinear per projection, bit for bit, any threads and schedule") {
   std::mt19937 rng(13);
   const uint32_t k = 300, n = 5;  // k not a multiple of 128: padding; rows not multiples of 64
   Linear q = randomT2(rng, k, 200, 0.5f, true), kk = randomT2(rng, k, 70, 0.25f, true);
@@ -176,14 +176,20 @@ TEST_CASE("perf: a fused group equals applyLinear per projection, bit for bit, f
       want.emplace_back(size_t(n) * l->nOut);
       applyLinear(kt, *l, x.data(), n, want.back().data(), 1);
     }
-    for (int threads : {1, 2, 3}) {
-      std::vector<std::vector<float>> got;
-      std::vector<Projection> group;
-      for (const Linear* l : lins) got.emplace_back(size_t(n) * l->nOut, -7.0f);
-      for (size_t i = 0; i < got.size(); ++i) group.push_back({lins[i], nullptr, got[i].data()});
-      applyGroup(kt, group, x.data(), n, k, threads);
-      for (size_t i = 0; i < got.size(); ++i) CHECK_MESSAGE(sameBits(got[i], want[i]), name, " threads=", threads, " i=", i);
-    }
+    for (int threads : {1, 2, 3})
+      for (bool dynamic : {false, true})
+        for (uint32_t nTok : {n, 1u}) {  // one token claims bigger pieces
+          std::vector<std::vector<float>> got;
+          std::vector<Projection> group;
+          for (const Linear* l : lins) got.emplace_back(size_t(nTok) * l->nOut, -7.0f);
+          for (size_t i = 0; i < got.size(); ++i) group.push_back({lins[i], nullptr, got[i].data()});
+          applyGroup(kt, group, x.data(), nTok, k, threads, dynamic);
+          for (size_t i = 0; i < got.size(); ++i) {
+            // With one token: the first token's outputs, which come first.
+            const std::vector<float> w(want[i].begin(), want[i].begin() + std::ptrdiff_t(got[i].size()));
+            CHECK_MESSAGE(sameBits(got[i], w), name, " threads=", threads, " dynamic=", dynamic, " i=", i);
+          }
+        }
   }
 }
 
