@@ -5,6 +5,7 @@
 #include "model/config.hpp"
 #include "model/gguf.hpp"
 #include "ops/stage.hpp"
+#include "tests/ops/reference_files.hpp"
 #include "tools/tern/convert.hpp"
 
 #include <doctest/doctest.h>
@@ -23,6 +24,8 @@ using kernels::WeightFormat;
 
 namespace {
 
+using namespace tern::testing;
+
 const std::string kTiny = std::string(TERN_TEST_DATA) + "/tiny-bitnet/";
 const std::vector<int32_t> kPrompt = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376};
 constexpr size_t kSteps = 32;
@@ -31,46 +34,10 @@ const char* const kQuantFiles[] = {"model-i2_s.gguf", "model-tq2_0.gguf", "model
 constexpr WeightFormat kTargets[] = {WeightFormat::T2, WeightFormat::I2S, WeightFormat::TQ2_0,
                                      WeightFormat::TQ1_0};
 
-std::vector<float> readF32(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<float> v(bytes.size() / 4);
-  std::memcpy(v.data(), bytes.data(), v.size() * 4);
-  return v;
-}
 
-std::vector<int32_t> readIdsField(const std::string& path, const std::string& key) {
-  std::ifstream in(path);
-  REQUIRE(in);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + " ", 0) != 0) continue;
-    std::istringstream ls(line.substr(line.find(':') + 1));
-    std::vector<int32_t> ids;
-    int32_t v;
-    while (ls >> v) ids.push_back(v);
-    return ids;
-  }
-  FAIL("no field ", key, " in ", path);
-  return {};
-}
 
-int32_t argmax(const float* x, size_t n) {
-  return int32_t(std::max_element(x, x + n) - x);  // lowest index on ties
-}
 
-float topGap(const float* x, size_t n) {
-  std::vector<float> v(x, x + n);
-  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
-  return v[0] - v[1];
-}
 
-float maxAbsDiff(const float* a, const float* b, size_t n) {
-  float m = 0;
-  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
 
 struct TempDir {
   std::filesystem::path path;
