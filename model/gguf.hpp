@@ -89,6 +89,11 @@ class File {
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
   uint64_t fileSize() const { return file_size_; }
+  // Absolute offset of the data section: bytes [0, dataOffset()) are header, metadata, tensor
+  // directory and padding.
+  uint64_t dataOffset() const { return data_offset_; }
+  // Bytes [offset, offset + n) of the mapped file. Throws std::out_of_range past its end.
+  std::span<const std::byte> bytes(uint64_t offset, uint64_t n) const;
 
   // Metadata in file order, and lookup by key.
   const std::vector<std::pair<std::string, Value>>& metadata() const { return kv_; }
@@ -161,6 +166,10 @@ class Writer {
                       std::vector<std::byte> bytes);
 
   uint64_t totalBytes() const;  // the exact size of the file write() will produce
+  // Emits the file's bytes in order through `out` (chunks of at most chunkBytes; the header may
+  // come as one larger piece), for streaming a file to another process.
+  using ByteSink = std::function<void(std::span<const std::byte> bytes)>;
+  void stream(const ByteSink& out, size_t chunkBytes = 4u << 20) const;
   void write(const std::string& path, const Progress& progress = {},
              size_t chunkBytes = 4u << 20) const;
 

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <numeric>
+#include <stdexcept>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -409,6 +410,14 @@ const Array* File::findArray(const std::string& key) const {
 const TensorInfo* File::findTensor(const std::string& name) const {
   auto it = tensor_index_.find(name);
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+}
+
+std::span<const std::byte> File::bytes(uint64_t offset, uint64_t n) const {
+  if (offset > map_size_ || n > map_size_ - offset) {
+    throw std::out_of_range(path_ + ": bytes [" + std::to_string(offset) + ", +" +
+                            std::to_string(n) + ") are past the end of the file");
+  }
+  return {map_ + offset, static_cast<size_t>(n)};
 }
 
 std::span<const std::byte> File::data(const TensorInfo& t) const {

@@ -201,38 +201,40 @@ uint64_t Writer::totalBytes() const {
   return n;
 }
 
-void Writer::write(const std::string& path, const Progress& progress, size_t chunkBytes) const {
+void Writer::stream(const ByteSink& out, size_t chunkBytes) const {
   if (chunkBytes == 0) throw std::invalid_argument("gguf writer: chunkBytes must be > 0");
   const std::vector<std::byte> header = buildHeader(version_, alignment_, kv_, tensors_);
-  uint64_t total = header.size();
-  for (const auto& t : tensors_) total += alignUp(t.nbytes, alignment_);
+  out(std::span<const std::byte>(header));
+  std::vector<std::byte> buf;
+  const std::vector<std::byte> zeros(alignment_, std::byte{0});
+  for (const auto& t : tensors_) {
+    buf.resize(static_cast<size_t>(std::min<uint64_t>(chunkBytes, t.nbytes)));
+    for (uint64_t off = 0; off < t.nbytes;) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), t.nbytes - off));
+      t.produce(std::span<std::byte>(buf.data(), n), off);
+      out(std::span<const std::byte>(buf.data(), n));
+      off += n;
+    }
+    const auto pad = static_cast<size_t>(alignUp(t.nbytes, alignment_) - t.nbytes);
+    if (pad) out(std::span<const std::byte>(zeros.data(), pad));
+  }
+}
 
+void Writer::write(const std::string& path, const Progress& progress, size_t chunkBytes) const {
+  if (chunkBytes == 0) throw std::invalid_argument("gguf writer: chunkBytes must be > 0");
+  const uint64_t total = totalBytes();
   const std::string tmp = path + ".tmp";
   std::FILE* out = std::fopen(tmp.c_str(), "wb");
   if (!out) throw std::runtime_error(tmp + ": cannot create: " + std::strerror(errno));
   uint64_t done = 0;
-  auto put = [&](const std::byte* p, size_t n) {
-    if (n && std::fwrite(p, 1, n, out) != n)
-      throw std::runtime_error(tmp + ": write failed: " + std::strerror(errno));
-    done += n;
-  };
   try {
-    put(header.data(), header.size());
     if (progress) progress(done, total);
-    std::vector<std::byte> buf;
-    const std::vector<std::byte> zeros(alignment_, std::byte{0});
-    for (const auto& t : tensors_) {
-      buf.resize(static_cast<size_t>(std::min<uint64_t>(chunkBytes, t.nbytes)));
-      for (uint64_t off = 0; off < t.nbytes;) {
-        size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), t.nbytes - off));
-        t.produce(std::span<std::byte>(buf.data(), n), off);
-        put(buf.data(), n);
-        off += n;
-        if (progress) progress(done, total);
-      }
-      put(zeros.data(), static_cast<size_t>(alignUp(t.nbytes, alignment_) - t.nbytes));
+    stream([&](std::span<const std::byte> b) {
+      if (!b.empty() && std::fwrite(b.data(), 1, b.size(), out) != b.size())
+        throw std::runtime_error(tmp + ": write failed: " + std::strerror(errno));
+      done += b.size();
       if (progress) progress(done, total);
-    }
+    }, chunkBytes);
     if (std::fflush(out) != 0)
       throw std::runtime_error(tmp + ": write failed: " + std::strerror(errno));
   } catch (...) {

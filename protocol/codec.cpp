@@ -82,6 +82,7 @@ void validateLogits(const LogitsData& l) {
 
 void writeBatch(const BatchData& in, Batch::Builder out) {
   validateBatch(in);
+  out.setId(in.id);
   const auto n = static_cast<unsigned>(in.seq.size());
   writeList(in.seq, out.initSeqIds(n));
   writeList(in.pos, out.initPositions(n));
@@ -95,6 +96,7 @@ void writeBatch(const BatchData& in, Batch::Builder out) {
 
 BatchData readBatch(Batch::Reader in) {
   BatchData b;
+  b.id = in.getId();
   b.seq = readList<uint64_t>(in.getSeqIds());
   const size_t n = b.seq.size();
   if (n == 0) bad("batch.seqIds: empty batch");
@@ -105,6 +107,10 @@ BatchData readBatch(Batch::Reader in) {
   b.nEmbd = in.getNEmbd();
   auto tokens = in.getTokens();
   auto act = in.getActivations();
+  if (uint64_t{act.size()} > kMaxPayloadBytes) {
+    bad("batch.activations: " + std::to_string(act.size()) + " bytes exceed the " +
+        std::to_string(kMaxPayloadBytes) + "-byte message budget");
+  }
   if (tokens.size() != 0) {
     checkLength(tokens.size(), n, "batch.tokens");
     if (act.size() != 0) bad("batch: has both tokens and activations");
@@ -119,6 +125,7 @@ BatchData readBatch(Batch::Reader in) {
 
 void writeLogits(const LogitsData& in, Logits::Builder out) {
   validateLogits(in);
+  out.setBatchId(in.batchId);
   const auto n = static_cast<unsigned>(in.seq.size());
   writeList(in.seq, out.initSeqIds(n));
   writeList(in.pos, out.initPositions(n));
@@ -129,6 +136,7 @@ void writeLogits(const LogitsData& in, Logits::Builder out) {
 
 LogitsData readLogits(Logits::Reader in) {
   LogitsData l;
+  l.batchId = in.getBatchId();
   l.seq = readList<uint64_t>(in.getSeqIds());
   checkLength(in.getPositions().size(), l.seq.size(), "logits.positions");
   l.pos = readList<uint32_t>(in.getPositions());
@@ -148,6 +156,9 @@ void writeStageInfo(const StageInfoData& in, StageInfo::Builder out) {
   out.setWeightBytes(in.weightBytes);
   out.setThreads(in.threads);
   out.setMachine(in.machine);
+  out.setShardId(in.shardId);
+  out.setKvBytesPerToken(in.kvBytesPerToken);
+  out.setKvBudgetBytes(in.kvBudgetBytes);
 }
 
 StageInfoData readStageInfo(StageInfo::Reader in) {
@@ -161,6 +172,134 @@ StageInfoData readStageInfo(StageInfo::Reader in) {
   s.weightBytes = in.getWeightBytes();
   s.threads = in.getThreads();
   s.machine = in.getMachine();
+  s.shardId = in.getShardId();
+  s.kvBytesPerToken = in.getKvBytesPerToken();
+  s.kvBudgetBytes = in.getKvBudgetBytes();
+  return s;
+}
+
+void writeWorkerInfo(const WorkerInfoData& in, WorkerInfo::Builder out) {
+  out.setHost(in.host);
+  out.setAddress(in.address);
+  out.setNumaNode(in.numaNode);
+  out.setCores(in.cores);
+  out.setThreads(in.threads);
+  out.setMemoryBytes(in.memoryBytes);
+  out.setFreeBytes(in.freeBytes);
+  auto nodes = out.initNodes(static_cast<unsigned>(in.nodes.size()));
+  for (unsigned i = 0; i < in.nodes.size(); ++i) {
+    nodes[i].setIndex(in.nodes[i].index);
+    nodes[i].setCores(in.nodes[i].cores);
+    nodes[i].setMemoryBytes(in.nodes[i].memoryBytes);
+  }
+  out.setKernel(in.kernel);
+  out.setCalibrationGmacs(in.calibrationGmacs);
+  out.setBandwidthGBs(in.bandwidthGBs);
+  out.setBoundCpus(in.boundCpus);
+  out.setBindingWarning(in.bindingWarning);
+  out.setMachine(in.machine);
+}
+
+WorkerInfoData readWorkerInfo(WorkerInfo::Reader in) {
+  WorkerInfoData w;
+  w.host = in.getHost();
+  w.address = in.getAddress();
+  w.numaNode = in.getNumaNode();
+  w.cores = in.getCores();
+  w.threads = in.getThreads();
+  w.memoryBytes = in.getMemoryBytes();
+  w.freeBytes = in.getFreeBytes();
+  for (auto n : in.getNodes()) w.nodes.push_back({n.getIndex(), n.getCores(), n.getMemoryBytes()});
+  w.kernel = in.getKernel();
+  w.calibrationGmacs = in.getCalibrationGmacs();
+  w.bandwidthGBs = in.getBandwidthGBs();
+  if (!(w.calibrationGmacs >= 0) || !(w.bandwidthGBs >= 0)) {
+    bad("workerInfo: negative or NaN calibration/bandwidth");
+  }
+  w.boundCpus = in.getBoundCpus();
+  w.bindingWarning = in.getBindingWarning();
+  w.machine = in.getMachine();
+  return w;
+}
+
+void writeShardSpec(const ShardSpecData& in, ShardSpec::Builder out) {
+  out.setModelName(in.modelName);
+  out.setModelHash(in.modelHash);
+  out.setLayerBegin(in.layerBegin);
+  out.setLayerEnd(in.layerEnd);
+  out.setEmbed(in.embed);
+  out.setHead(in.head);
+  if (!in.sourcePath.empty()) out.getSource().setPath(in.sourcePath);
+  else out.getSource().setUpload(in.sourceUpload);
+  out.setMaxSequences(in.maxSequences);
+  out.setNCtx(in.nCtx);
+  out.setThreads(in.threads);
+  out.setKernels(in.kernels);
+  out.setActQuant(in.actQuant);
+  out.setKvType(in.kvType);
+  out.setHeadType(in.headType);
+}
+
+ShardSpecData readShardSpec(ShardSpec::Reader in) {
+  ShardSpecData s;
+  s.modelName = in.getModelName();
+  s.modelHash = in.getModelHash();
+  s.layerBegin = in.getLayerBegin();
+  s.layerEnd = in.getLayerEnd();
+  if (s.layerEnd <= s.layerBegin) {
+    bad("shardSpec: empty layer range [" + std::to_string(s.layerBegin) + ", " +
+        std::to_string(s.layerEnd) + ")");
+  }
+  s.embed = in.getEmbed();
+  s.head = in.getHead();
+  auto src = in.getSource();
+  if (src.isPath()) {
+    s.sourcePath = src.getPath();
+    if (s.sourcePath.empty()) bad("shardSpec.source.path: empty");
+  } else {
+    s.sourceUpload = src.getUpload();
+  }
+  s.maxSequences = in.getMaxSequences();
+  if (s.maxSequences == 0) bad("shardSpec.maxSequences: 0");
+  s.nCtx = in.getNCtx();
+  if (s.nCtx == 0) bad("shardSpec.nCtx: 0");
+  s.threads = in.getThreads();
+  s.kernels = in.getKernels();
+  s.actQuant = in.getActQuant();
+  s.kvType = in.getKvType();
+  s.headType = in.getHeadType();
+  return s;
+}
+
+void writeStageStats(const StageStatsData& in, StageStats::Builder out) {
+  out.setShardId(in.shardId);
+  out.setLayerBegin(in.layerBegin);
+  out.setLayerEnd(in.layerEnd);
+  out.setBatches(in.batches);
+  out.setTokens(in.tokens);
+  out.setComputeSeconds(in.computeSeconds);
+  out.setTransferSeconds(in.transferSeconds);
+  out.setWaitSeconds(in.waitSeconds);
+  out.setBytesIn(in.bytesIn);
+  out.setBytesOut(in.bytesOut);
+  out.setSequences(in.sequences);
+  out.setKvBytes(in.kvBytes);
+}
+
+StageStatsData readStageStats(StageStats::Reader in) {
+  StageStatsData s;
+  s.shardId = in.getShardId();
+  s.layerBegin = in.getLayerBegin();
+  s.layerEnd = in.getLayerEnd();
+  s.batches = in.getBatches();
+  s.tokens = in.getTokens();
+  s.computeSeconds = in.getComputeSeconds();
+  s.transferSeconds = in.getTransferSeconds();
+  s.waitSeconds = in.getWaitSeconds();
+  s.bytesIn = in.getBytesIn();
+  s.bytesOut = in.getBytesOut();
+  s.sequences = in.getSequences();
+  s.kvBytes = in.getKvBytes();
   return s;
 }
 

@@ -1,5 +1,9 @@
 #include "worker/stage_server.hpp"
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+
 #include <exception>
 #include <string>
 #include <utility>
@@ -23,10 +27,23 @@ auto guarded(const char* what, F&& f) -> decltype(f()) {
   }
 }
 
+double seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
 }  // namespace
 
-StageServer::StageServer(std::unique_ptr<ops::Stage> stage, unsigned threads, std::string machine)
-    : stage_(std::move(stage)), threads_(threads), machine_(std::move(machine)) {}
+StageServer::StageServer(std::unique_ptr<ops::Stage> stage, unsigned threads, std::string machine,
+                         uint32_t shardId, StageLimits limits, HopResolver resolver,
+                         StageInstruments instruments)
+    : stage_(std::move(stage)), threads_(threads), machine_(std::move(machine)), shardId_(shardId),
+      limits_(limits), resolver_(std::move(resolver)), m_(instruments) {
+  stats_.shardId = shardId_;
+  stats_.layerBegin = stage_->range().layerBegin;
+  stats_.layerEnd = stage_->range().layerEnd;
+}
+
+StageServer::~StageServer() = default;
 
 proto::StageInfoData StageServer::info() const {
   proto::StageInfoData s;
@@ -38,7 +55,39 @@ proto::StageInfoData StageServer::info() const {
   s.weightBytes = stage_->weightBytes();
   s.threads = threads_;
   s.machine = machine_;
+  s.shardId = shardId_;
+  s.kvBytesPerToken = stage_->kvBytesPerToken();
+  if (limits_.maxSequences != UINT32_MAX && limits_.nCtx != UINT32_MAX) {
+    s.kvBudgetBytes = s.kvBytesPerToken * limits_.nCtx * limits_.maxSequences;
+  }
   return s;
+}
+
+uint64_t StageServer::kvBytes() const {
+  uint64_t n = 0;
+  for (const auto& [seq, ctx] : seqCtx_) n += uint64_t{ctx} * stage_->kvBytesPerToken();
+  return n;
+}
+
+proto::StageStatsData StageServer::stats() const {
+  proto::StageStatsData s = stats_;
+  s.sequences = static_cast<uint32_t>(seqCtx_.size());
+  s.kvBytes = kvBytes();
+  return s;
+}
+
+void StageServer::resetStats() {
+  const auto keep = stats_;
+  stats_ = {};
+  stats_.shardId = keep.shardId;
+  stats_.layerBegin = keep.layerBegin;
+  stats_.layerEnd = keep.layerEnd;
+  busySeen_ = false;
+}
+
+void StageServer::updateGauges() {
+  if (m_.kvBytes) m_.kvBytes->Set(static_cast<double>(kvBytes()));
+  if (m_.sequences) m_.sequences->Set(static_cast<double>(seqCtx_.size()));
 }
 
 kj::Promise<void> StageServer::hello(HelloContext context) {
@@ -55,43 +104,105 @@ kj::Promise<void> StageServer::hello(HelloContext context) {
 
 kj::Promise<void> StageServer::openSequence(OpenSequenceContext context) {
   auto p = context.getParams();
-  guarded("openSequence", [&] { stage_->openSequence(p.getSeqId(), p.getMaxLen()); });
+  const uint64_t seq = p.getSeqId();
+  const uint32_t maxLen = p.getMaxLen();
+  if (maxLen > limits_.nCtx) {
+    if (m_.errors) m_.errors->Increment();
+    fail("openSequence " + std::to_string(seq) + ": maxLen " + std::to_string(maxLen) +
+         " is over this shard's context of " + std::to_string(limits_.nCtx) + " positions");
+  }
+  if (seqCtx_.size() >= limits_.maxSequences && !seqCtx_.count(seq)) {
+    if (m_.errors) m_.errors->Increment();
+    fail("openSequence " + std::to_string(seq) + ": the KV cache is full: " +
+         std::to_string(seqCtx_.size()) + " sequences open, this shard holds at most " +
+         std::to_string(limits_.maxSequences));
+  }
+  guarded("openSequence", [&] { stage_->openSequence(seq, maxLen); });
+  seqCtx_[seq] = maxLen;
+  updateGauges();
   return kj::READY_NOW;
 }
 
 kj::Promise<void> StageServer::closeSequence(CloseSequenceContext context) {
   auto p = context.getParams();
   guarded("closeSequence", [&] { stage_->closeSequence(p.getSeqId()); });
+  seqCtx_.erase(p.getSeqId());
+  updateGauges();
   return kj::READY_NOW;
 }
 
+kj::Promise<void> StageServer::link(LinkContext context) {
+  auto hop = context.getParams().getNext();
+  const bool head = stage_->range().head;
+  switch (hop.which()) {
+    case proto::NextHop::SINK:
+      if (!head) fail("link: a sink for a stage without the head (layers end at " +
+                      std::to_string(stage_->range().layerEnd) + ")");
+      sink_ = hop.getSink();
+      next_ = nullptr;
+      return kj::READY_NOW;
+    case proto::NextHop::LOCAL:
+    case proto::NextHop::REMOTE: {
+      if (head) fail("link: the stage holding the head sends to a sink, not to another stage");
+      if (!resolver_) fail("link: this stage cannot reach other stages");
+      return guarded("link", [&] { return resolver_(hop); })
+          .then([this](proto::Stage::Client next) {
+            next_ = kj::mv(next);
+            sink_ = nullptr;
+          });
+    }
+  }
+  fail("link: unknown kind of hop");
+}
+
 kj::Promise<void> StageServer::forward(ForwardContext context) {
+  const auto t0 = Clock::now();
+  auto fails = [&](const std::string& msg) {
+    if (m_.errors) m_.errors->Increment();
+    fail(msg);
+  };
   auto params = context.getParams();
   const auto& range = stage_->range();
-  auto rest = params.getRest();
-  if (range.head && rest.size() != 0) {
-    fail("forward: the last stage got " + std::to_string(rest.size()) + " more stages");
-  }
-  if (!range.head && rest.size() == 0) fail("forward: no next stage for a stage without the head");
+  if (range.head && sink_ == nullptr) fails("forward: the stage is not linked to a sink");
+  if (!range.head && next_ == nullptr) fails("forward: the stage is not linked to a next stage");
 
-  proto::BatchData batch = guarded("forward", [&] { return proto::readBatch(params.getBatch()); });
+  proto::BatchData batch;
+  try {
+    batch = proto::readBatch(params.getBatch());
+  } catch (const std::exception& e) {
+    fails(std::string("forward: ") + e.what());
+  }
   const uint32_t nEmbd = stage_->config().nEmbd;
-  if (range.embed && batch.tokens.empty()) fail("forward: the first stage needs batch.tokens");
-  if (!range.embed && batch.act.empty()) fail("forward: batch.activations missing");
+  if (range.embed && batch.tokens.empty()) fails("forward: the first stage needs batch.tokens");
+  if (!range.embed && batch.act.empty()) fails("forward: batch.activations missing");
   if (!range.embed && batch.nEmbd != nEmbd) {
-    fail("forward: batch.nEmbd " + std::to_string(batch.nEmbd) + ", model has " +
-         std::to_string(nEmbd));
+    fails("forward: batch.nEmbd " + std::to_string(batch.nEmbd) + ", model has " +
+          std::to_string(nEmbd));
   }
   for (uint64_t s : batch.seq) {
-    if (!stage_->hasSequence(s)) fail("forward: unknown sequence " + std::to_string(s));
+    if (!stage_->hasSequence(s)) fails("forward: unknown sequence " + std::to_string(s));
   }
+  const uint64_t inBytes = batch.tokens.size() * sizeof(int32_t) + batch.act.size() * sizeof(float);
+
+  // Time between the end of the previous batch and this one's arrival: waiting.
+  const auto tStart = Clock::now();
+  if (busySeen_) stats_.waitSeconds += std::max(0.0, seconds(t0 - lastDone_));
 
   ops::BatchIn in{batch.seq, batch.pos, batch.tokens, batch.act, batch.wantLogits};
   ops::BatchOut out;
-  guarded("forward", [&] { stage_->forward(in, out); });
+  try {
+    stage_->forward(in, out);
+  } catch (const std::exception& e) {
+    fails(std::string("forward: ") + e.what());
+  }
+  const auto tComputed = Clock::now();
+  const double compute = seconds(tComputed - tStart);
 
+  kj::Promise<void> downstream = nullptr;
+  uint64_t outBytes = 0;
   if (range.head) {
     proto::LogitsData logits;
+    logits.batchId = batch.id;
     logits.nVocab = stage_->config().nVocab;
     for (size_t i = 0; i < batch.size(); ++i) {
       if (batch.wantLogits[i] == 0) continue;
@@ -99,23 +210,56 @@ kj::Promise<void> StageServer::forward(ForwardContext context) {
       logits.pos.push_back(batch.pos[i]);
     }
     logits.data = std::move(out.logits);
-    auto req = params.getSink().deliverRequest();
-    guarded("forward", [&] { proto::writeLogits(logits, req.initLogits()); });
-    return req.send().ignoreResult();
+    outBytes = logits.data.size() * sizeof(float);
+    KJ_IF_MAYBE(sink, sink_) {
+      auto req = sink->deliverRequest();
+      guarded("forward", [&] { proto::writeLogits(logits, req.initLogits()); });
+      downstream = req.send().ignoreResult();
+    }
+  } else {
+    proto::BatchData next;
+    next.id = batch.id;
+    next.seq = std::move(batch.seq);
+    next.pos = std::move(batch.pos);
+    next.nEmbd = nEmbd;
+    next.act = std::move(out.act);
+    next.wantLogits = std::move(batch.wantLogits);
+    outBytes = next.act.size() * sizeof(float);
+    KJ_IF_MAYBE(n, next_) {
+      auto req = n->forwardRequest();
+      guarded("forward", [&] { proto::writeBatch(next, req.initBatch()); });
+      downstream = req.send().ignoreResult();
+    }
   }
+  const auto tSent = Clock::now();
 
-  proto::BatchData next;
-  next.seq = std::move(batch.seq);
-  next.pos = std::move(batch.pos);
-  next.nEmbd = nEmbd;
-  next.act = std::move(out.act);
-  next.wantLogits = std::move(batch.wantLogits);
-  auto req = rest[0].forwardRequest();
-  guarded("forward", [&] { proto::writeBatch(next, req.initBatch()); });
-  auto nextRest = req.initRest(rest.size() - 1);
-  for (unsigned i = 1; i < rest.size(); ++i) nextRest.set(i - 1, rest[i]);
-  req.setSink(params.getSink());
-  return req.send().ignoreResult();
+  const size_t nTokens = in.seq.size();
+  stats_.batches += 1;
+  stats_.tokens += nTokens;
+  stats_.computeSeconds += compute;
+  stats_.transferSeconds += seconds(tStart - t0) + seconds(tSent - tComputed);
+  stats_.bytesIn += inBytes;
+  stats_.bytesOut += outBytes;
+  busySeen_ = true;
+  lastDone_ = tSent;
+  if (m_.tokens) m_.tokens->Increment(static_cast<double>(nTokens));
+  if (m_.batches) m_.batches->Increment();
+  if (m_.forwardSeconds) m_.forwardSeconds->Observe(compute);
+  if (m_.batchTokens) m_.batchTokens->Observe(static_cast<double>(nTokens));
+  if (m_.bytesIn) m_.bytesIn->Increment(static_cast<double>(inBytes));
+  if (m_.bytesOut) m_.bytesOut->Increment(static_cast<double>(outBytes));
+  ++inFlight_;
+  if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
+  return downstream.then(
+      [this]() {
+        --inFlight_;
+        if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
+      },
+      [this](kj::Exception&& e) {
+        --inFlight_;
+        if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
+        kj::throwFatalException(kj::mv(e));
+      });
 }
 
 }  // namespace tern::worker

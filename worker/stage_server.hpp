@@ -1,39 +1,101 @@
 // The stage actor: serves tern.capnp's Stage interface over an ops::Stage.
 //
-// Runs on one kj event loop thread. forward() decodes the batch, computes the stage's layers,
-// then hands the activations to the next stage (or the logits to the sink) and returns that
-// call's promise, so the caller sees the whole remaining pipeline finish.
+// Runs on its worker's kj event loop thread. forward() decodes the batch, computes the stage's
+// layers, then hands the activations to the next stage (or the logits to the sink) that link()
+// set, and returns that call's promise, so the caller sees the whole remaining pipeline finish.
+// Batches are served in arrival order; while one computes, the next waits in the transport.
 // Errors in a request become kj FAILED exceptions carrying a one-line message; the stage state
 // is untouched and the server keeps serving.
-// TODO(perf): compute runs on the event loop thread here (embedded mode); the cluster worker
-// moves it to a pinned OpenMP team and posts results back through kj::Executor.
+// TODO(perf): compute runs on the event loop thread; moving it to the pinned OpenMP team's
+// master and posting results back through kj::Executor would let I/O overlap compute.
 #pragma once
 
 #include "ops/stage.hpp"
 #include "protocol/codec.hpp"
 
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
 namespace tern::worker {
+
+// Prometheus instruments of one stage (worker/metrics.hpp makes them); any may be null.
+struct StageInstruments {
+  prometheus::Counter* tokens = nullptr;          // tern_stage_tokens_total
+  prometheus::Counter* batches = nullptr;         // tern_stage_batches_total
+  prometheus::Histogram* forwardSeconds = nullptr;  // tern_stage_forward_seconds (compute)
+  prometheus::Histogram* batchTokens = nullptr;   // tern_stage_batch_tokens
+  prometheus::Gauge* queueDepth = nullptr;        // tern_stage_queue_depth: batches received
+                                                  // and not yet finished downstream
+  prometheus::Counter* bytesIn = nullptr;         // tern_stage_received_bytes_total
+  prometheus::Counter* bytesOut = nullptr;        // tern_stage_sent_bytes_total
+  prometheus::Gauge* kvBytes = nullptr;           // tern_stage_kv_cache_bytes
+  prometheus::Gauge* sequences = nullptr;         // tern_stage_sequences
+  prometheus::Counter* errors = nullptr;          // tern_stage_request_errors_total
+};
+
+// What a stage may hold: it refuses sequences beyond these (ShardSpec.maxSequences, nCtx).
+struct StageLimits {
+  uint32_t maxSequences = UINT32_MAX;
+  uint32_t nCtx = UINT32_MAX;  // positions per sequence
+};
+
+// Resolves NextHop.local / NextHop.remote to the next stage's capability (the worker owns the
+// shard table and dials other workers). Throws or fails the promise with a clear message.
+using HopResolver = std::function<kj::Promise<proto::Stage::Client>(proto::NextHop::Reader hop)>;
 
 class StageServer final : public proto::Stage::Server {
  public:
   // threads and machine are reported in hello(); the stage computes with its own options.
-  StageServer(std::unique_ptr<ops::Stage> stage, unsigned threads, std::string machine);
+  StageServer(std::unique_ptr<ops::Stage> stage, unsigned threads, std::string machine,
+              uint32_t shardId = 0, StageLimits limits = {}, HopResolver resolver = nullptr,
+              StageInstruments instruments = {});
+  ~StageServer();
 
   proto::StageInfoData info() const;
+  // Counters since load or the last reset (Worker.stats).
+  proto::StageStatsData stats() const;
+  void resetStats();
+  uint64_t kvBytes() const;  // KV cache bytes held now (open sequences x their nCtx)
+  const ops::Stage& stage() const { return *stage_; }
 
  protected:
   kj::Promise<void> hello(HelloContext context) override;
   kj::Promise<void> openSequence(OpenSequenceContext context) override;
   kj::Promise<void> closeSequence(CloseSequenceContext context) override;
+  kj::Promise<void> link(LinkContext context) override;
   kj::Promise<void> forward(ForwardContext context) override;
 
  private:
+  using Clock = std::chrono::steady_clock;
+  void updateGauges();
+
   std::unique_ptr<ops::Stage> stage_;
   unsigned threads_;
   std::string machine_;
+  uint32_t shardId_;
+  StageLimits limits_;
+  HopResolver resolver_;
+  StageInstruments m_;
+
+  // Where forward() sends its output: exactly one is set after link().
+  kj::Maybe<proto::Stage::Client> next_;
+  kj::Maybe<proto::Sink::Client> sink_;
+
+  std::map<uint64_t, uint32_t> seqCtx_;  // open sequences -> their maxLen
+  proto::StageStatsData stats_;
+  bool busySeen_ = false;
+  Clock::time_point lastDone_;
+  int64_t inFlight_ = 0;
 };
 
 }  // namespace tern::worker

@@ -107,8 +107,8 @@ TEST_CASE("e2e cli: prints the seed, the stages and the timings on stderr") {
   INFO("stderr: " << r.err);
   REQUIRE(r.exitCode == 0);
   CHECK(r.err.find("seed 7") != std::string::npos);
-  CHECK(r.err.find("stage 0: layers [0, 3) +embed") != std::string::npos);
-  CHECK(r.err.find("stage 1: layers [3, 5) +head") != std::string::npos);
+  CHECK(r.err.find(": layers [0, 3) +embed") != std::string::npos);
+  CHECK(r.err.find(": layers [3, 5) +head") != std::string::npos);
   CHECK(r.err.find("prompt: ") != std::string::npos);
   CHECK(r.err.find(" tok/s | generation: ") != std::string::npos);
   CHECK(r.out.rfind("Hi", 0) == 0);

@@ -1,7 +1,9 @@
 // The pipeline property: the same tokens and byte-identical logits for any number of stages and
-// threads, through the CLI and through Cap'n Proto in one process (local capabilities and a real
-// two-party RPC connection over an in-memory pipe); malformed requests get a clear RPC error and
-// the stage keeps serving.
+// threads, through the CLI and through Cap'n Proto in one process (local capabilities, and real
+// two-party RPC connections over in-memory pipes, stage to stage and back to the coordinator).
+// Malformed requests over TCP: tests/worker.
+// g++ 12 at -O3 warns falsely about kj's ExceptionOr<Stage::Client> in the hop resolver.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "coordinator/generator.hpp"
 #include "model/config.hpp"
 #include "model/gguf.hpp"
@@ -15,6 +17,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <doctest/doctest.h>
 #include <kj/async-io.h>
+#include <kj/debug.h>
 
 #include <cmath>
 #include <cstring>
@@ -55,40 +58,66 @@ struct LoadedModel {
       : file(gguf::File::open(path)), cfg(ModelConfig::fromGguf(*file)),
         tok(Tokenizer::create(Vocab::fromGguf(*file))) {}
 
-  kj::Own<worker::StageServer> stage(uint32_t begin, uint32_t end) const {
+  // Stage `shard` of a pipeline; NextHop.local(j) resolves to (*hops)[j].
+  kj::Own<worker::StageServer> stage(uint32_t begin, uint32_t end, uint32_t shard,
+                                     std::vector<proto::Stage::Client>* hops) const {
     ops::StageOptions opts;
     opts.threads = 1;
     ops::StageRange range{begin, end, begin == 0, end == cfg.nLayer};
+    worker::HopResolver resolve = [hops](proto::NextHop::Reader hop) {
+      KJ_REQUIRE(hop.isLocal() && hop.getLocal() < hops->size(), "test resolver: local hops only");
+      auto paf = kj::newPromiseAndFulfiller<proto::Stage::Client>();
+      paf.fulfiller->fulfill(proto::Stage::Client((*hops)[hop.getLocal()]));
+      return kj::mv(paf.promise);
+    };
     return kj::heap<worker::StageServer>(std::make_unique<ops::Stage>(file, cfg, range, opts), 1u,
-                                         "test");
+                                         "test", shard, worker::StageLimits{}, resolve);
   }
 };
 
-// Splits [0, nLayer) into the given layer boundaries, e.g. {0, 2, 5}.
-std::vector<proto::Stage::Client> localStages(const LoadedModel& m, const std::vector<uint32_t>& cuts) {
-  std::vector<proto::Stage::Client> caps;
-  for (size_t i = 0; i + 1 < cuts.size(); ++i) caps.push_back(m.stage(cuts[i], cuts[i + 1]));
-  return caps;
+// Links every stage to the next one (NextHop.local(i + 1)); the engine links the last to its sink.
+void linkChain(std::vector<proto::Stage::Client>& caps, kj::WaitScope& ws) {
+  for (size_t i = 0; i + 1 < caps.size(); ++i) {
+    auto req = caps[i].linkRequest();
+    req.initNext().setLocal(static_cast<uint32_t>(i + 1));
+    req.send().wait(ws);
+  }
 }
 
-// Each stage behind its own two-party RPC connection over an in-memory pipe.
+// Local capabilities over the given layer boundaries of [0, nLayer), e.g. {0, 2, 5}.
+struct LocalStages {
+  std::vector<proto::Stage::Client> caps;
+  LocalStages(const LoadedModel& m, const std::vector<uint32_t>& cuts, kj::WaitScope& ws) {
+    for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+      caps.push_back(m.stage(cuts[i], cuts[i + 1], static_cast<uint32_t>(i), &caps));
+    }
+    linkChain(caps, ws);
+  }
+};
+
+// Each stage behind its own two-party RPC connection over an in-memory pipe; a stage reaches the
+// next one through that one's connection, and the last reaches the coordinator's sink back over
+// its own.
 struct RemoteStages {
-  std::vector<kj::Own<capnp::TwoPartyServer>> servers;
   std::vector<kj::Own<kj::AsyncIoStream>> clientEnds;
   std::vector<kj::Own<capnp::TwoPartyClient>> clients;
   std::vector<proto::Stage::Client> caps;
+  std::vector<kj::Own<capnp::TwoPartyServer>> servers;  // last: its stages (and the client
+                                                        // capabilities they hold) go first
 
   RemoteStages(kj::AsyncIoContext& io, const LoadedModel& m, const std::vector<uint32_t>& cuts) {
     for (size_t i = 0; i + 1 < cuts.size(); ++i) {
       auto pipe = io.provider->newTwoWayPipe();
       servers.push_back(kj::heap<capnp::TwoPartyServer>(
-          capnp::Capability::Client(m.stage(cuts[i], cuts[i + 1]))));
+          capnp::Capability::Client(m.stage(cuts[i], cuts[i + 1], static_cast<uint32_t>(i), &caps))));
       servers.back()->accept(kj::mv(pipe.ends[0]));
       clientEnds.push_back(kj::mv(pipe.ends[1]));
       clients.push_back(kj::heap<capnp::TwoPartyClient>(*clientEnds.back()));
       caps.push_back(clients.back()->bootstrap().castAs<proto::Stage>());
     }
+    linkChain(caps, io.waitScope);
   }
+  ~RemoteStages() { servers.clear(); }
 };
 
 // Capabilities copy only from non-const references.
@@ -117,28 +146,6 @@ Run generate(const LoadedModel& m, std::vector<proto::Stage::Client> caps, kj::W
   run.tokens = r.generated;
   return run;
 }
-
-// The description of the kj exception f throws, or "" when it does not throw.
-template <typename F>
-std::string rpcError(F&& f) {
-  try {
-    f();
-  } catch (const kj::Exception& e) {
-    return e.getDescription().cStr();
-  }
-  return "";
-}
-
-class StoringSink final : public proto::Sink::Server {
- public:
-  std::vector<proto::LogitsData> got;
-
- protected:
-  kj::Promise<void> deliver(DeliverContext context) override {
-    got.push_back(proto::readLogits(context.getParams().getLogits()));
-    return kj::READY_NOW;
-  }
-};
 
 }  // namespace
 
@@ -207,13 +214,15 @@ TEST_CASE("e2e pipeline: tiny-bitnet F32 logits follow llama.cpp's") {
 TEST_CASE("e2e pipeline: Generator over local capabilities and over two-party RPC agree") {
   LoadedModel m(e2e::kStories);
   auto io = kj::setupAsyncIo();
-  const Run local1 = generate(m, localStages(m, {0, 5}), io.waitScope, "Once upon a time", 30);
-  const Run local3 = generate(m, localStages(m, {0, 1, 3, 5}), io.waitScope, "Once upon a time", 30);
-  RemoteStages remote(io, m, {0, 2, 5});
+  LocalStages one(m, {0, 5}, io.waitScope), three(m, {0, 1, 3, 5}, io.waitScope), two(m, {0, 3, 5}, io.waitScope);
+  const Run local1 = generate(m, copyCaps(one.caps), io.waitScope, "Once upon a time", 30);
+  const Run local3 = generate(m, copyCaps(three.caps), io.waitScope, "Once upon a time", 30);
+  RemoteStages remote(io, m, {0, 2, 4, 5});
   const Run rpc = generate(m, copyCaps(remote.caps), io.waitScope, "Once upon a time", 30);
   // Prompt in micro-batches of 2 tokens: the same.
-  const Run chunked = generate(m, localStages(m, {0, 3, 5}), io.waitScope, "Once upon a time", 30,
-                               coord::GeneratorOptions{0, 2});
+  coord::GeneratorOptions twoTokens;
+  twoTokens.maxBatchTokens = 2;
+  const Run chunked = generate(m, copyCaps(two.caps), io.waitScope, "Once upon a time", 30, twoTokens);
   REQUIRE(local1.tokens.size() == 30);
   CHECK(chunked.tokens == local1.tokens);
   CHECK(chunked.logits == local1.logits);
@@ -223,81 +232,6 @@ TEST_CASE("e2e pipeline: Generator over local capabilities and over two-party RP
   CHECK(rpc.logits == local1.logits);
   CHECK(rpc.text == local1.text);
   CHECK(local1.logits.size() == (5 + 29) * size_t{m.cfg.nVocab});  // BOS + 4 prompt tokens
-}
-
-TEST_CASE("e2e pipeline: malformed requests get an RPC error naming the problem, then serving goes on") {
-  LoadedModel m(e2e::kStories);
-  auto io = kj::setupAsyncIo();
-  RemoteStages remote(io, m, {0, 2, 5});
-  auto& ws = io.waitScope;
-  proto::Stage::Client last = remote.caps[1];  // layers [2, 5) + head
-  auto sinkServer = kj::heap<StoringSink>();
-  StoringSink* sink = sinkServer.get();
-  proto::Sink::Client sinkCap = kj::mv(sinkServer);
-
-  auto open = last.openSequenceRequest();
-  open.setSeqId(5);
-  open.setMaxLen(64);
-  open.send().wait(ws);
-
-  // One token at position 0 of sequence `seq` with `floats` activation values.
-  auto forward = [&](uint64_t seq, size_t floats) {
-    auto req = last.forwardRequest();
-    auto b = req.initBatch();
-    b.initSeqIds(1).set(0, seq);
-    b.initPositions(1).set(0, 0);
-    b.setNEmbd(m.cfg.nEmbd);
-    auto act = b.initActivations(static_cast<unsigned>(floats * 4));
-    for (size_t i = 0; i < floats; ++i) {
-      const float x = 0.01f * static_cast<float>(i % 7);
-      std::memcpy(act.begin() + 4 * i, &x, 4);
-    }
-    b.initWantLogits(1).set(0, true);
-    req.initRest(0);
-    req.setSink(sinkCap);
-    req.send().wait(ws);
-  };
-
-  SUBCASE("wrong activation size") {
-    const std::string err = rpcError([&] { forward(5, m.cfg.nEmbd - 1); });
-    CHECK(err.find("batch.activations") != std::string::npos);
-    CHECK(err.find("expected " + std::to_string(m.cfg.nEmbd * 4)) != std::string::npos);
-  }
-  SUBCASE("unknown sequence") {
-    CHECK(rpcError([&] { forward(99, m.cfg.nEmbd); }).find("unknown sequence 99") != std::string::npos);
-  }
-  SUBCASE("protocol version mismatch") {
-    auto req = last.helloRequest();
-    req.setVersion(2);
-    CHECK(rpcError([&] { req.send().wait(ws); }).find("protocol version mismatch: peer 2, ours 1") !=
-          std::string::npos);
-  }
-  SUBCASE("duplicate sequence") {
-    auto again = last.openSequenceRequest();
-    again.setSeqId(5);
-    again.setMaxLen(64);
-    CHECK(rpcError([&] { again.send().wait(ws); }).find("openSequence") != std::string::npos);
-  }
-  SUBCASE("tokens sent to a stage without the embedding") {
-    auto req = last.forwardRequest();
-    auto b = req.initBatch();
-    b.initSeqIds(1).set(0, 5);
-    b.initPositions(1).set(0, 0);
-    b.initTokens(1).set(0, 1);
-    b.initWantLogits(1).set(0, true);
-    req.setSink(sinkCap);
-    CHECK(rpcError([&] { req.send().wait(ws); }).find("activations") != std::string::npos);
-  }
-
-  // The stage state is untouched: a valid token at position 0 of sequence 5 works.
-  CHECK(rpcError([&] { forward(5, m.cfg.nEmbd); }) == "");
-  REQUIRE(sink->got.size() == 1);
-  CHECK(sink->got[0].rows() == 1);
-  CHECK(sink->got[0].pos[0] == 0);
-  // And the whole pipeline still generates.
-  const Run rpc = generate(m, copyCaps(remote.caps), ws, "Once upon a time", 8);
-  const Run local = generate(m, localStages(m, {0, 5}), ws, "Once upon a time", 8);
-  CHECK(rpc.tokens == local.tokens);
 }
 
 TEST_CASE("protocol codec: round trip and validation naming the field") {

@@ -5,10 +5,11 @@
 #include "kernels/t2.hpp"
 #include "model/layouts.hpp"
 #include "tools/tern/embedded.hpp"
+#include "tools/tern/pipeline.hpp"
 #include "topology/bandwidth.hpp"
 #include "topology/machine.hpp"
 
-#include <kj/async.h>
+#include <kj/async-io.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -218,13 +219,17 @@ BenchReport runModelBench(const ModelBenchOptions& o, const BenchLog& log) {
   for (int p : prompts) maxPrompt = std::max(maxPrompt, p);
   for (int n : gens) maxGen = std::max(maxGen, n);
 
-  kj::EventLoop loop;
-  kj::WaitScope waitScope(loop);
+  std::vector<int> concurrency = o.concurrency;
+  if (concurrency.empty() && !o.workers.empty()) concurrency = {1, 2, 4, 8};
+  int maxSeqs = 1;
+  for (int c : concurrency) maxSeqs = std::max(maxSeqs, c);
+
+  auto io = kj::setupAsyncIo();
+  auto& waitScope = io.waitScope;
   for (const std::string& path : o.models) {
     const OpenedModel model = openModel(path);
     const ModelConfig& cfg = model.cfg;
-    const uint32_t nStages = stageCount(o.stages, machine, cfg.nLayer);
-    const uint32_t nCtx = static_cast<uint32_t>(std::max(maxPrompt, maxGen + 1));
+    const uint32_t nCtx = static_cast<uint32_t>(std::max(maxPrompt, maxGen + 2));
     if (nCtx > cfg.nCtxTrain) {
       log(format("warning: %s: tests use %u positions, beyond the model's trained context of %u",
                  path.c_str(), nCtx, cfg.nCtxTrain));
@@ -238,22 +243,30 @@ BenchReport runModelBench(const ModelBenchOptions& o, const BenchLog& log) {
     base.weightFormat = projectionTypes(*model.file);
     base.modelType = std::string(archName(cfg.arch)) + " " + paramLabel(base.nParams) +
                      (base.weightFormat.empty() ? "" : " " + base.weightFormat);
-    log(format("model: %s, %s, %s, %u layers, %u stage(s)", path.c_str(), base.modelType.c_str(),
-               gib(base.modelSize).c_str(), cfg.nLayer, nStages));
+    log(format("model: %s, %s, %s, %u layers", path.c_str(), base.modelType.c_str(),
+               gib(base.modelSize).c_str(), cfg.nLayer));
 
     for (const std::string& kernelName : o.kernels) {
       for (int t : threads) {
-        ops::StageOptions sopts;
-        sopts.threads = t;
-        sopts.kernels = kernelName;
+        PipelineOptions po;
+        po.workers = o.workers;
+        po.stages = o.stages;
+        po.split = o.split;
+        po.source = o.source;
+        po.threads = t;
+        po.kernels = kernelName;
+        po.nCtx = nCtx;
+        po.maxSequences = static_cast<uint32_t>(maxSeqs);
+        po.log = log;
+        Pipeline pipeline(io, model, po, machine);
         coord::GeneratorOptions gopts;
         gopts.nCtx = nCtx;
-        coord::Generator gen(cfg, *model.tokenizer, buildEmbeddedStages(model, nStages, sopts, machine),
-                             waitScope, gopts);
+        coord::Generator gen(cfg, *model.tokenizer, pipeline.stages(), waitScope, gopts);
         const auto& infos = gen.hello();
+        for (const auto& line : describeStages(pipeline.cluster(), pipeline.shards(), infos)) log(line);
         BenchRow row = base;
         row.threads = static_cast<unsigned>(t);
-        row.nBatch = gopts.microBatch;
+        row.nBatch = gopts.maxBatchTokens;
         row.bandwidthGbs = rep.bandwidthGbs.at(row.threads);
         row.kernel = infos.front().kernel;
         for (const auto& s : infos) {
@@ -302,6 +315,66 @@ BenchReport runModelBench(const ModelBenchOptions& o, const BenchLog& log) {
           }
           rep.rows.push_back(std::move(r));
         }
+
+        // S sequences decoding at once: aggregate and per-stage figures.
+        for (int seqs : concurrency) {
+          for (int n : gens) {
+            coord::Engine& eng = gen.engine();
+            coord::SamplingParams greedy;
+            greedy.temperature = 0;
+            std::vector<uint64_t> ids;
+            for (int i = 0; i < seqs; ++i) {
+              ids.push_back(eng.open(greedy));
+              eng.feed(ids.back(), std::span<const TokenId>(&genIds[i % genIds.size()], 1), 0);
+            }
+            eng.run();
+            pipeline.cluster().stats(true);
+            const auto before = eng.counters();
+            uint64_t sampled = 0;
+            const auto t0 = Clock::now();
+            for (int i = 0; i < seqs; ++i) {
+              eng.feed(ids[i], std::span<const TokenId>(&genIds[(i + 1) % genIds.size()], 1), n, {},
+                       [&](const coord::TurnResult& tr) { sampled += tr.genTokens; });
+            }
+            eng.run();
+            const double wall = secondsSince(t0);
+            const auto stats = pipeline.cluster().stats(false);
+            for (uint64_t id : ids) eng.close(id);
+
+            ConcurrencyRow c;
+            c.modelFilename = path;
+            c.kernel = row.kernel;
+            c.threads = row.threads;
+            c.sequences = seqs;
+            c.nGen = n;
+            c.tokens = sampled;
+            c.seconds = wall;
+            c.maxInFlight = eng.counters().maxInFlight;
+            (void)before;
+            const auto& shards = pipeline.shards();
+            for (size_t si = 0; si < shards.size(); ++si) {
+              const auto& w = pipeline.cluster().workers()[shards[si].worker];
+              StageRow sr;
+              sr.stage = si;
+              sr.worker = w.address;
+              sr.numaNode = w.numaNode;
+              sr.layerBegin = shards[si].layerBegin;
+              sr.layerEnd = shards[si].layerEnd;
+              for (const auto& st : stats[shards[si].worker]) {
+                if (st.layerBegin != sr.layerBegin || st.layerEnd != sr.layerEnd) continue;
+                sr.tokens = st.tokens;
+                sr.compute = wall > 0 ? std::min(1.0, st.computeSeconds / wall) : 0;
+                sr.transfer = wall > 0 ? std::min(1.0 - sr.compute, st.transferSeconds / wall) : 0;
+              }
+              sr.wait = std::max(0.0, 1.0 - sr.compute - sr.transfer);
+              sr.tokensPerSecond = wall > 0 ? sr.tokens / wall : 0;
+              c.stages.push_back(sr);
+            }
+            log(format("bench: %s, %d sequence(s) x tg%d: %.2f t/s aggregate", path.c_str(), seqs, n,
+                       c.aggregateTs()));
+            rep.concurrency.push_back(std::move(c));
+          }
+        }
       }
     }
   }
@@ -338,6 +411,25 @@ std::string formatMarkdown(const BenchReport& r) {
     }
     out += "\n";
   }
+  if (!r.concurrency.empty()) {
+    out += "\n| model | kernel | threads | sequences | test | t/s (all sequences) | t/s per sequence | max batches in flight |\n";
+    out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    for (const auto& c : r.concurrency) {
+      out += format("| %s | %s | %u | %d | tg%d | %.2f | %.2f | %.0f |\n",
+                    std::filesystem::path(c.modelFilename).filename().c_str(), c.kernel.c_str(),
+                    c.threads, c.sequences, c.nGen, c.aggregateTs(),
+                    c.sequences ? c.aggregateTs() / c.sequences : 0.0, c.maxInFlight);
+    }
+    out += "\n| sequences | stage | worker | numa | layers | tokens/s | compute | transfer | wait |\n";
+    out += "| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |\n";
+    for (const auto& c : r.concurrency) {
+      for (const auto& s : c.stages) {
+        out += format("| %d | %zu | %s | %d | [%u, %u) | %.2f | %.1f%% | %.1f%% | %.1f%% |\n",
+                      c.sequences, s.stage, s.worker.c_str(), s.numaNode, s.layerBegin, s.layerEnd,
+                      s.tokensPerSecond, 100 * s.compute, 100 * s.transfer, 100 * s.wait);
+      }
+    }
+  }
   return out;
 }
 
@@ -373,6 +465,28 @@ std::string formatJson(const BenchReport& r) {
       j["bound_ts"] = nullptr;
       j["fraction_of_bound"] = nullptr;
     }
+    arr.push_back(std::move(j));
+  }
+  for (const auto& c : r.concurrency) {
+    nlohmann::json j;
+    j["build_commit"] = r.buildCommit;
+    j["model_filename"] = c.modelFilename;
+    j["kernel"] = c.kernel;
+    j["n_threads"] = c.threads;
+    j["sequences"] = c.sequences;
+    j["n_gen"] = c.nGen;
+    j["tokens"] = c.tokens;
+    j["seconds"] = c.seconds;
+    j["aggregate_ts"] = c.aggregateTs();
+    j["max_in_flight"] = c.maxInFlight;
+    nlohmann::json stages = nlohmann::json::array();
+    for (const auto& s : c.stages) {
+      stages.push_back({{"stage", s.stage}, {"worker", s.worker}, {"numa_node", s.numaNode},
+                        {"layer_begin", s.layerBegin}, {"layer_end", s.layerEnd},
+                        {"tokens", s.tokens}, {"tokens_per_second", s.tokensPerSecond},
+                        {"compute", s.compute}, {"transfer", s.transfer}, {"wait", s.wait}});
+    }
+    j["stages"] = std::move(stages);
     arr.push_back(std::move(j));
   }
   return arr.dump(2) + "\n";

@@ -32,9 +32,41 @@ struct ModelBenchOptions {
   std::vector<int> threads;       // empty: physical cores
   std::vector<std::string> kernels{"auto"};
   int reps = 5;
-  int stages = 0;                 // 0: one per NUMA node
+  int stages = 0;                 // 0: one per worker
   uint64_t seed = 1234;           // token ids
   uint64_t bandwidthBytes = 0;    // probe buffer; 0 = topo::measureReadBandwidth's default
+  std::vector<std::string> workers;  // running `tern worker`s; empty = embedded default
+  std::string split = "auto";     // tools/tern/pipeline.hpp PipelineOptions::split
+  std::string source = "auto";    // where workers get the weights: auto | path | stream
+  // Concurrent-sequence tests: for each count S, S sequences decode nGen tokens each at once
+  // (continuous batching, pipelined); per stage: tokens/s and compute / transfer / wait shares.
+  // Empty: {1, 2, 4, 8} with --workers, none otherwise.
+  std::vector<int> concurrency;
+};
+
+// One stage during a concurrent-sequence test (Worker.stats over the timed part).
+struct StageRow {
+  size_t stage = 0;
+  std::string worker;         // address
+  int numaNode = -1;
+  uint32_t layerBegin = 0, layerEnd = 0;
+  uint64_t tokens = 0;        // tokens the stage processed
+  double tokensPerSecond = 0; // tokens / wall time
+  double compute = 0, transfer = 0, wait = 0;  // shares of the wall time (sum to 1)
+};
+
+// Aggregate decode speed of S concurrent sequences.
+struct ConcurrencyRow {
+  std::string modelFilename;
+  std::string kernel;
+  unsigned threads = 0;
+  int sequences = 0;
+  int nGen = 0;               // tokens each sequence decodes
+  uint64_t tokens = 0;        // sampled over all sequences
+  double seconds = 0;         // wall time of the timed part
+  double maxInFlight = 0;     // most micro-batches the engine had in the pipeline at once
+  std::vector<StageRow> stages;
+  double aggregateTs() const { return seconds > 0 ? tokens / seconds : 0; }
 };
 
 struct BenchRow {
@@ -69,6 +101,7 @@ struct BenchReport {
   std::map<unsigned, double> bandwidthGbs;  // threads -> GB/s
   std::map<std::string, uint64_t> bytesPerToken;  // model file -> bytes per decoded token
   std::vector<BenchRow> rows;
+  std::vector<ConcurrencyRow> concurrency;
 };
 
 // Progress lines (no trailing newline) for stderr.
@@ -78,10 +111,12 @@ using BenchLog = std::function<void(const std::string& line)>;
 // Throws std::runtime_error (or the model's/stages' own errors) with a one-line message.
 BenchReport runModelBench(const ModelBenchOptions& opts, const BenchLog& log);
 
-// One line "read bandwidth ... | bytes per decoded token ..." then llama-bench's markdown table.
+// One line "read bandwidth ... | bytes per decoded token ..." then llama-bench's markdown table,
+// then (with concurrency rows) the aggregate table and the per-stage table.
 std::string formatMarkdown(const BenchReport& r);
 // A JSON array, one object per row: llama-bench's fields plus tern's (kernel, weight_format,
 // bytes_per_token, bandwidth_gbs, bound_ts, fraction_of_bound; the last two null on pp rows).
+// Concurrency rows follow as objects with "sequences", "aggregate_ts" and "stages".
 std::string formatJson(const BenchReport& r);
 
 struct KernelBenchOptions {

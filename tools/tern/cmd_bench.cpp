@@ -5,6 +5,7 @@
 #include "tools/tern/bench.hpp"
 #include "tools/tern/commands.hpp"
 
+#include "coordinator/cluster.hpp"
 #include "kernels/dispatch.hpp"
 
 #include <kj/exception.h>
@@ -29,6 +30,10 @@ struct BenchArgs {
   int stages = 0;
   uint64_t seed = 1234;
   uint64_t bandwidthMib = 0;
+  std::string workers;
+  std::string split = "auto";
+  std::string source = "auto";
+  std::string concurrency;
 };
 
 struct KernelArgs {
@@ -76,7 +81,14 @@ void addBenchCommand(CLI::App& app) {
   cmd->add_option("--kernels", a->kernels, "kernel variants, comma list (auto, ref, avx2, avx512, ...)")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "print a JSON array instead of the table");
-  cmd->add_option("--stages", a->stages, "in-process pipeline stages (default: NUMA nodes)");
+  cmd->add_option("--stages", a->stages, "pipeline stages, spread over the workers (default: one per worker)");
+  cmd->add_option("--workers", a->workers, "running `tern worker`s host:port,... (default: in-process, one per NUMA node)");
+  cmd->add_option("--split", a->split, "layers per stage: auto | even | plan")
+      ->check(CLI::IsMember({"auto", "even", "plan"}))->capture_default_str();
+  cmd->add_option("--shard-source", a->source, "where workers get weights: auto | path | stream")
+      ->check(CLI::IsMember({"auto", "path", "stream"}))->capture_default_str();
+  cmd->add_option("--concurrency", a->concurrency,
+                  "concurrent sequences per decode test, comma list (default with --workers: 1,2,4,8)");
   cmd->add_option("--seed", a->seed, "seed of the random token ids")->capture_default_str();
   cmd->add_option("--bw-mib", a->bandwidthMib, "bandwidth probe buffer in MiB (default: max(1 GiB, 8 x LLC))");
 
@@ -118,6 +130,10 @@ void addBenchCommand(CLI::App& app) {
     o.stages = a->stages;
     o.seed = a->seed;
     o.bandwidthBytes = a->bandwidthMib << 20;
+    if (!a->workers.empty()) o.workers = coord::parseWorkerList(a->workers);
+    o.split = a->split;
+    o.source = a->source;
+    if (!a->concurrency.empty()) o.concurrency = parseIntList(a->concurrency, "--concurrency", 1);
     oneLineErrors([&] {
       const BenchReport r = runModelBench(o, logLine);
       writeOut(a->json ? formatJson(r) : formatMarkdown(r));

@@ -1,11 +1,14 @@
 // tern plan: where each layer of a model would live on a set of workers (coordinator/planner),
 // with the memory each worker needs and the decode speed the plan predicts. Reads no weights.
+#include "coordinator/cluster.hpp"
 #include "coordinator/planner.hpp"
 #include "model/config.hpp"
 #include "model/gguf.hpp"
 #include "model/layouts.hpp"
 #include "tools/tern/commands.hpp"
 #include "topology/machine.hpp"
+
+#include <kj/async-io.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -136,7 +139,7 @@ void addPlanCommand(CLI::App& app) {
       "plan", "plan where each layer lives on a set of workers, with memory and predicted speed");
   cmd->add_option("-m,--model", o->model, "GGUF model (only its metadata and tensor table are read)");
   cmd->add_option("--layout", o->layout, "a named layout instead of a file (see `tern gen --list`)");
-  cmd->add_option("--workers", o->workers, "live workers host:port,... (not implemented yet)");
+  cmd->add_option("--workers", o->workers, "running `tern worker`s host:port,...: their measured speed and free memory");
   cmd->add_option("--cluster", o->cluster,
                   "JSON file: array of {name, cores, memory_gb, bandwidth_gbs, numa_nodes, "
                   "link_gbps, link_latency_ms}; one worker per NUMA node");
@@ -161,14 +164,8 @@ void addPlanCommand(CLI::App& app) {
     const int sources = int(machine) + int(!o->cluster.empty()) + int(!o->workers.empty());
     if (sources == 0)
       throw std::invalid_argument("give the workers: --cluster FILE.json, --machine [DESC] or --workers");
-    if (!o->workers.empty() && sources == 1)
-      throw std::invalid_argument(
-          "querying live workers is not implemented yet: describe them with --cluster FILE.json "
-          "or --machine");
-    if (machine && !o->cluster.empty())
-      throw std::invalid_argument("give either --cluster or --machine, not both");
-    if (!o->workers.empty())
-      std::fprintf(stderr, "tern plan: querying live workers is not implemented yet; --workers ignored\n");
+    if (sources > 1)
+      throw std::invalid_argument("give one of --workers, --cluster or --machine");
     if (o->kvType != "f16" && o->kvType != "f32")
       throw std::invalid_argument("--kv-type must be f16 or f32, not '" + o->kvType + "'");
     if (!(o->bandwidthGBs > 0) || !(o->gmacsPerCore >= 0) || !(o->reserveGb >= 0) ||
@@ -192,8 +189,15 @@ void addPlanCommand(CLI::App& app) {
     }
 
     std::vector<coord::HostSpec> hosts;
+    std::vector<coord::WorkerSpec> ws;
     std::string source;
-    if (machine) {
+    if (!o->workers.empty()) {
+      // Ask the workers: their hello carries measured bandwidth and calibration speed.
+      auto io = kj::setupAsyncIo();
+      coord::Cluster cluster(io, coord::parseWorkerList(o->workers));
+      for (const auto& w : cluster.workers()) ws.push_back(coord::workerSpecFromInfo(w));
+      source = "live workers, as measured at their start";
+    } else if (machine) {
       if (o->machine.empty()) {
         hosts.push_back(hostFromMachine("local", topo::Machine::detect(), *o));
         source = "this machine, memory as hwloc reports it";
@@ -207,7 +211,7 @@ void addPlanCommand(CLI::App& app) {
       hosts = coord::parseClusterJson(readFile(o->cluster), o->cluster);
       source = o->cluster;
     }
-    const std::vector<coord::WorkerSpec> ws = coord::workersFromHosts(hosts);
+    if (ws.empty()) ws = coord::workersFromHosts(hosts);
 
     coord::PlanRequest r;
     r.nCtx = o->nCtx > 0 ? o->nCtx : std::min<uint32_t>(modelCtx > 0 ? modelCtx : 4096, 4096);

@@ -1,11 +1,14 @@
 // tern run: generate text with a model, like llama-cli / bitnet.cpp's run_inference.
 //
-// The embedded default builds one in-process stage per NUMA node (or --stages K) and connects
-// them through the same Cap'n Proto interfaces a cluster uses: StageServer objects as local
-// capabilities on this thread's kj event loop, driven by the coordinator's Generator.
+// With --workers the coordinator (this process) dials running `tern worker`s, loads the model's
+// shards on them and links them worker to worker; without, the embedded default starts one
+// in-process worker per NUMA node (threads listening on loopback) and does the same through the
+// same worker, protocol and coordinator code (tools/tern/pipeline.hpp).
 // Generated text goes to stdout as it is produced; everything else goes to stderr.
 #include "tools/tern/commands.hpp"
 #include "tools/tern/embedded.hpp"
+#include "tools/tern/metrics_endpoint.hpp"
+#include "tools/tern/pipeline.hpp"
 
 #include "coordinator/generator.hpp"
 #include "kernels/dispatch.hpp"
@@ -15,10 +18,10 @@
 #include "model/tokenizer.hpp"
 #include "ops/stage.hpp"
 #include "topology/machine.hpp"
-#include "worker/stage_server.hpp"
 
-#include <kj/async.h>
+#include <kj/async-io.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -29,6 +32,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace tern::cli {
@@ -48,7 +52,13 @@ struct RunOptions {
   float minP = 0.05f;
   float repeatPenalty = 1.0f;
   int repeatLastN = 64;
-  int stages = 0;  // 0: one per NUMA node
+  int stages = 0;  // 0: one per worker
+  std::string workers;      // host:port,...; empty = embedded default
+  std::string metrics;      // host:port of this process's Prometheus endpoint; empty = none
+  double metricsLinger = 0; // seconds the endpoint keeps serving after generation
+  std::string split = "auto";
+  std::string shardSource = "auto";
+  std::string workerModel;  // the model's path on the workers
   std::string logitsOut;
   bool chat = false;
   std::string kvType = "f16";
@@ -134,15 +144,15 @@ void runChat(coord::Generator& gen, const Tokenizer& tok, const ChatTemplate& tm
   gen.close();
 }
 
-void run(RunOptions o, const std::vector<std::string>& given) {
-  auto wasGiven = [&](const char* name) {
-    for (const auto& g : given) if (g == name) return true;
+void run(RunOptions o, const std::vector<std::string>& givenFlags) {
+  auto given = [&](const char* name) {
+    for (const auto& g : givenFlags) if (g == name) return true;
     return false;
   };
   validate(o);
-  if (wasGiven("-t") && o.threads < 1) fail("-t must be >= 1 (got " + std::to_string(o.threads) + ")");
-  if (wasGiven("-c") && o.ctx < 1) fail("-c must be >= 1 (got " + std::to_string(o.ctx) + ")");
-  if (wasGiven("--stages") && o.stages < 1) {
+  if (given("-t") && o.threads < 1) fail("-t must be >= 1 (got " + std::to_string(o.threads) + ")");
+  if (given("-c") && o.ctx < 1) fail("-c must be >= 1 (got " + std::to_string(o.ctx) + ")");
+  if (given("--stages") && o.stages < 1) {
     fail("--stages must be >= 1 (got " + std::to_string(o.stages) + ")");
   }
   if (!o.promptFile.empty()) o.prompt = readFile(o.promptFile);
@@ -172,16 +182,6 @@ void run(RunOptions o, const std::vector<std::string>& given) {
                    cfg.nCtxTrain);
     }
   }
-  const uint32_t nStages = stageCount(o.stages, machine, cfg.nLayer);
-
-  ops::StageOptions sopts;
-  sopts.kvType = o.kvType == "f32" ? ops::KvType::F32 : ops::KvType::F16;
-  sopts.actQuant = o.actQuant == "int8" ? ops::ActQuant::Int8
-                   : o.actQuant == "float" ? ops::ActQuant::Float : ops::ActQuant::Auto;
-  sopts.threads = o.threads;
-  sopts.kernels = o.kernels;
-  sopts.head = o.head == "q8" ? ops::HeadType::Q8 : ops::HeadType::Float;
-
   std::fprintf(stderr, "model: %s, arch %s, %.2f M params, %s, tensors: %s\n",
                cfg.name.empty() ? std::filesystem::path(o.model).filename().c_str() : cfg.name.c_str(),
                archName(cfg.arch), cfg.nParams(*file) / 1e6, humanBytes(file->fileSize()).c_str(),
@@ -189,19 +189,37 @@ void run(RunOptions o, const std::vector<std::string>& given) {
   std::fprintf(stderr, "model: %u layers, hidden %u, heads %u/%u, ffn %u, vocab %u, context %u (using %u)\n",
                cfg.nLayer, cfg.nEmbd, cfg.nHead, cfg.nHeadKv, cfg.nFf, cfg.nVocab, cfg.nCtxTrain, nCtx);
 
+  std::unique_ptr<MetricsEndpoint> metrics;
+  if (!o.metrics.empty()) {
+    metrics = std::make_unique<MetricsEndpoint>(o.metrics, "coordinator");
+    std::fprintf(stderr, "metrics: http://%s/metrics\n", metrics->address().c_str());
+  }
+
+  PipelineOptions po;
+  po.workers = o.workers.empty() ? std::vector<std::string>{} : coord::parseWorkerList(o.workers);
+  po.stages = o.stages;
+  po.split = o.split;
+  po.source = o.shardSource;
+  po.workerPath = o.workerModel;
+  po.threads = given("-t") ? o.threads : 0;  // 0: each worker's node's cores
+  po.kernels = o.kernels;
+  po.actQuant = o.actQuant;
+  po.kvType = o.kvType;
+  po.head = o.head;
+  po.nCtx = nCtx;
+  po.maxSequences = 1;
+  if (metrics) po.metrics = metrics->registry();
+  po.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+
   // Event loop first: capabilities must be destroyed before it.
-  kj::EventLoop loop;
-  kj::WaitScope waitScope(loop);
-  std::vector<proto::Stage::Client> caps = buildEmbeddedStages(model, nStages, sopts, machine);
+  auto io = kj::setupAsyncIo();
+  Pipeline pipeline(io, model, po, machine);
   coord::GeneratorOptions gopts;
   gopts.nCtx = nCtx;
-  coord::Generator gen(cfg, *tokenizer, std::move(caps), waitScope, gopts);
-  const auto& infos = gen.hello();
-  for (size_t i = 0; i < infos.size(); ++i) {
-    const auto& s = infos[i];
-    std::fprintf(stderr, "stage %zu: layers [%u, %u)%s%s, kernel %s, %s weights, %u threads\n", i,
-                 s.layerBegin, s.layerEnd, s.embed ? " +embed" : "", s.head ? " +head" : "",
-                 s.kernel.c_str(), humanBytes(s.weightBytes).c_str(), s.threads);
+  if (metrics) gopts.metrics = metrics->registry();
+  coord::Generator gen(cfg, *tokenizer, pipeline.stages(), io.waitScope, gopts);
+  for (const auto& line : describeStages(pipeline.cluster(), pipeline.shards(), gen.hello())) {
+    std::fprintf(stderr, "%s\n", line.c_str());
   }
 
   coord::SamplingParams sp;
@@ -256,6 +274,11 @@ void run(RunOptions o, const std::vector<std::string>& given) {
   if (r.stop == coord::StopReason::Context) std::fprintf(stderr, "stopped: context of %u is full\n", nCtx);
   std::fprintf(stderr, "prompt: %u tokens, %.2f tok/s | generation: %u tokens, %.2f tok/s\n",
                r.promptTokens, r.promptTokensPerSecond(), r.genTokens, r.genTokensPerSecond());
+  if (metrics && o.metricsLinger > 0) {
+    std::fprintf(stderr, "metrics: serving for %.0f s more\n", o.metricsLinger);
+    std::fflush(stderr);
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.metricsLinger));
+  }
 }
 
 }  // namespace
@@ -277,7 +300,21 @@ void addRunCommand(CLI::App& app) {
   cmd->add_option("--repeat-penalty", opts->repeatPenalty, "1 = off")->capture_default_str();
   cmd->add_option("--repeat-last-n", opts->repeatLastN, "ids the penalty looks back at")
       ->capture_default_str();
-  cmd->add_option("--stages", opts->stages, "in-process pipeline stages (default: NUMA nodes)");
+  cmd->add_option("--stages", opts->stages,
+                  "pipeline stages, spread evenly over the workers (default: one per worker)");
+  cmd->add_option("--workers", opts->workers,
+                  "running `tern worker`s host:port,... (default: one in-process worker per NUMA node)");
+  cmd->add_option("--split", opts->split, "layers per stage: even, or plan (in proportion to the "
+                  "workers' measured speed); auto = plan with --workers, else even")
+      ->check(CLI::IsMember({"auto", "even", "plan"}))->capture_default_str();
+  cmd->add_option("--shard-source", opts->shardSource, "where workers get weights: path (their own "
+                  "copy of the file), stream (sent by this process), auto (path if it matches)")
+      ->check(CLI::IsMember({"auto", "path", "stream"}))->capture_default_str();
+  cmd->add_option("--worker-model", opts->workerModel, "the model's path on the workers (default: -m)");
+  cmd->add_option("--metrics", opts->metrics, "serve Prometheus metrics at HOST:PORT/metrics");
+  cmd->add_option("--metrics-linger", opts->metricsLinger,
+                  "seconds the metrics endpoint keeps serving after generation (for a last scrape)")
+      ->check(CLI::Range(0.0, 86400.0));
   cmd->add_option("--logits-out", opts->logitsOut,
                   "write float32 logits of every evaluated position, [n_positions, n_vocab]");
   cmd->add_flag("--chat", opts->chat, "interactive chat; -p is the system prompt");

@@ -12,5 +12,6 @@ void addGenCommand(CLI::App& app);       // cmd_gen.cpp: tern gen
 void addConvertCommand(CLI::App& app);   // cmd_convert.cpp: tern convert
 void addBenchCommand(CLI::App& app);     // cmd_bench.cpp: tern bench
 void addPlanCommand(CLI::App& app);      // cmd_plan.cpp: tern plan
+void addWorkerCommand(CLI::App& app);    // cmd_worker.cpp: tern worker
 
 }  // namespace tern::cli

@@ -1,7 +1,5 @@
 #include "tools/tern/embedded.hpp"
 
-#include "worker/stage_server.hpp"
-
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -52,39 +50,6 @@ std::string projectionTypes(const gguf::File& f) {
   std::string s;
   for (const auto& t : types) s += (s.empty() ? "" : ",") + t;
   return s;
-}
-
-std::vector<ops::StageRange> splitLayers(uint32_t nLayer, uint32_t k) {
-  std::vector<ops::StageRange> ranges;
-  uint32_t at = 0;
-  for (uint32_t i = 0; i < k; ++i) {
-    const uint32_t len = nLayer / k + (i < nLayer % k ? 1 : 0);
-    ranges.push_back({at, at + len, i == 0, i + 1 == k});
-    at += len;
-  }
-  return ranges;
-}
-
-uint32_t stageCount(int requested, const topo::Machine& machine, uint32_t nLayer) {
-  const uint32_t n = requested > 0 ? static_cast<uint32_t>(requested)
-                                   : std::min<uint32_t>(std::max(1u, machine.numaNodes), nLayer);
-  if (n > nLayer) {
-    throw std::runtime_error("--stages " + std::to_string(n) + " is more than the model's " +
-                             std::to_string(nLayer) + " layers");
-  }
-  return n;
-}
-
-std::vector<proto::Stage::Client> buildEmbeddedStages(const OpenedModel& m, uint32_t nStages,
-                                                      const ops::StageOptions& opts,
-                                                      const topo::Machine& machine) {
-  std::vector<proto::Stage::Client> caps;
-  const unsigned threads = opts.threads > 0 ? static_cast<unsigned>(opts.threads) : 0;
-  for (const auto& range : splitLayers(m.cfg.nLayer, nStages)) {
-    auto stage = std::make_unique<ops::Stage>(m.file, m.cfg, range, opts);
-    caps.push_back(kj::heap<worker::StageServer>(std::move(stage), threads, machine.summary()));
-  }
-  return caps;
 }
 
 }  // namespace tern::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   tern::cli::addConvertCommand(app);
   tern::cli::addBenchCommand(app);
   tern::cli::addPlanCommand(app);
+  tern::cli::addWorkerCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,400 @@
+#include "coordinator/cluster.hpp"
+
+#include "protocol/hash.hpp"
+
+#include <capnp/rpc-twoparty.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <stdexcept>
+#include <utility>
+
+namespace tern::coord {
+namespace {
+
+// Upload.write chunks: well under the protocol's 16 MiB per write.
+constexpr size_t kUploadChunkBytes = 8u << 20;
+
+std::string describe(const kj::Exception& e) { return e.getDescription().cStr(); }
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  const size_t e = s.find_last_not_of(" \t");
+  return s.substr(b, e - b + 1);
+}
+
+std::string hex16(uint64_t x) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(x));
+  return buf;
+}
+
+std::string range(uint32_t begin, uint32_t end) {
+  std::string s = "[";
+  s += std::to_string(begin);
+  s += ", ";
+  s += std::to_string(end);
+  s += ")";
+  return s;
+}
+
+// The shard file of one stage: the model's metadata (and tern.shard.model_hash), the stage's
+// tensors copied from the mapped model.
+std::unique_ptr<gguf::Writer> shardWriter(const gguf::File& model, uint64_t hash,
+                                          const ShardPlacement& s) {
+  auto w = std::make_unique<gguf::Writer>(model.version(), model.alignment());
+  for (const auto& [key, value] : model.metadata()) w->set(key, value);
+  w->setString("tern.shard.model_hash", hex16(hash));
+  const bool hasOutput = model.findTensor(tensor_names::kOutput) != nullptr;
+  auto keep = [&](const std::string& name) {
+    if (name == tensor_names::kTokenEmbd) return s.embed || (s.head && !hasOutput);
+    if (name == tensor_names::kOutputNorm || name == tensor_names::kOutput) return s.head;
+    if (name.rfind("blk.", 0) == 0) {
+      const size_t dot = name.find('.', 4);
+      if (dot == std::string::npos) return false;
+      try {
+        const unsigned long layer = std::stoul(name.substr(4, dot - 4));
+        return layer >= s.layerBegin && layer < s.layerEnd;
+      } catch (const std::exception&) {
+        return false;
+      }
+    }
+    return false;
+  };
+  for (const gguf::TensorInfo& t : model.tensors()) {
+    if (!keep(t.name)) continue;
+    const gguf::TensorInfo* info = &t;
+    const gguf::File* file = &model;
+    w->addTensor(t.name, t.type, t.ne, [file, info](std::span<std::byte> dst, uint64_t offset) {
+      const auto src = file->data(*info).subspan(offset, dst.size());
+      std::copy(src.begin(), src.end(), dst.begin());
+    });
+  }
+  return w;
+}
+
+}  // namespace
+
+std::vector<std::string> parseWorkerList(const std::string& list) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at <= list.size()) {
+    size_t comma = list.find(',', at);
+    if (comma == std::string::npos) comma = list.size();
+    const std::string entry = trim(list.substr(at, comma - at));
+    at = comma + 1;
+    auto bad = [&](const std::string& why) {
+      throw std::invalid_argument("worker address '" + entry + "': " + why);
+    };
+    if (entry.empty()) {
+      throw std::invalid_argument("worker list '" + list + "': empty entry");
+    }
+    size_t colon;
+    if (entry[0] == '[') {
+      const size_t close = entry.find(']');
+      if (close == std::string::npos || close == 1) bad("unterminated or empty [IPv6] host");
+      if (close + 1 >= entry.size() || entry[close + 1] != ':') bad("expected host:port");
+      colon = close + 1;
+    } else {
+      colon = entry.rfind(':');
+      if (colon == std::string::npos || colon == 0) bad("expected host:port");
+      if (entry.find(':') != colon) bad("an IPv6 host must be written [addr]:port");
+    }
+    const std::string port = entry.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoul(port) == 0 || std::stoul(port) > 65535) {
+      bad("port must be a number in [1, 65535]");
+    }
+    out.push_back(entry);
+  }
+  return out;
+}
+
+uint64_t modelHash(const gguf::File& file) {
+  return proto::hash64(file.bytes(0, file.dataOffset()));
+}
+
+WorkerSpec workerSpecFromInfo(const proto::WorkerInfoData& info) {
+  WorkerSpec w;
+  w.name = info.address.empty() ? info.host : info.address;
+  w.host = info.host;
+  w.cores = info.cores;
+  w.freeMemoryBytes = info.freeBytes;
+  w.bandwidthGBs = info.bandwidthGBs;
+  w.calibMacsPerSec = info.calibrationGmacs * 1e9;
+  w.numaNode = info.numaNode < 0 ? 0u : static_cast<unsigned>(info.numaNode);
+  // Not measured yet: the planner's assumptions for a commodity network.
+  w.linkGbps = 10;
+  w.linkLatencyMs = 0.1;
+  return w;
+}
+
+std::vector<ShardPlacement> shardsFromPlan(const Placement& plan) {
+  std::vector<ShardPlacement> out;
+  bool pendingEmbed = false;
+  for (const WorkerPlan& w : plan.workers) {
+    if (!w.used) continue;
+    if (w.layerBegin >= w.layerEnd) {
+      // A worker with the embedding or head but no layers: the neighbouring stage takes it.
+      if (w.holdsEmbedding) pendingEmbed = true;
+      if (w.holdsHead && !out.empty()) out.back().head = true;
+      continue;
+    }
+    ShardPlacement s;
+    s.worker = w.workerIndex;
+    s.layerBegin = w.layerBegin;
+    s.layerEnd = w.layerEnd;
+    s.embed = w.holdsEmbedding || pendingEmbed;
+    s.head = w.holdsHead;
+    pendingEmbed = false;
+    out.push_back(s);
+  }
+  if (out.empty()) throw std::invalid_argument("the plan places no layers");
+  out.front().embed = true;
+  out.back().head = true;
+  return out;
+}
+
+std::vector<ShardPlacement> evenShards(uint32_t nLayer, size_t nWorkers, uint32_t nStages) {
+  if (nWorkers == 0) throw std::invalid_argument("no workers");
+  if (nStages == 0) nStages = static_cast<uint32_t>(nWorkers);
+  if (nStages > nLayer) {
+    throw std::invalid_argument(std::to_string(nStages) + " stages for a model of " +
+                                std::to_string(nLayer) + " layers");
+  }
+  if (nStages < nWorkers) {
+    throw std::invalid_argument(std::to_string(nStages) + " stages for " + std::to_string(nWorkers) +
+                                " workers: every worker needs a stage");
+  }
+  std::vector<ShardPlacement> out;
+  for (size_t w = 0; w < nWorkers; ++w) {
+    const uint32_t first = static_cast<uint32_t>(w * nStages / nWorkers);
+    const uint32_t last = static_cast<uint32_t>((w + 1) * nStages / nWorkers);
+    for (uint32_t k = first; k < last; ++k) {
+      ShardPlacement s;
+      s.worker = w;
+      // The first nLayer % nStages stages get one layer more (the last holds the head).
+      const uint32_t base = nLayer / nStages, extra = nLayer % nStages;
+      s.layerBegin = k * base + std::min(k, extra);
+      s.layerEnd = s.layerBegin + base + (k < extra ? 1 : 0);
+      s.embed = k == 0;
+      s.head = k + 1 == nStages;
+      out.push_back(s);
+    }
+  }
+  return out;
+}
+
+struct Cluster::Impl {
+  struct Conn {
+    std::string address;  // as dialled
+    kj::Own<kj::AsyncIoStream> stream;
+    kj::Own<capnp::TwoPartyClient> client;
+    proto::Worker::Client cap = nullptr;
+  };
+  explicit Impl(kj::AsyncIoContext& io) : io(io) {}
+  kj::AsyncIoContext& io;
+  std::vector<std::unique_ptr<Conn>> conns;
+  std::vector<proto::WorkerInfoData> infos;
+};
+
+Cluster::Cluster(kj::AsyncIoContext& io, const std::vector<std::string>& addresses)
+    : impl_(std::make_unique<Impl>(io)) {
+  auto& ws = io.waitScope;
+  for (const std::string& address : addresses) {
+    auto c = std::make_unique<Impl::Conn>();
+    c->address = address;
+    try {
+      auto addr = io.provider->getNetwork().parseAddress(address).wait(ws);
+      c->stream = addr->connect().wait(ws);
+    } catch (const kj::Exception& e) {
+      throw std::runtime_error("worker " + address + ": cannot connect: " + describe(e));
+    }
+    c->client = kj::heap<capnp::TwoPartyClient>(*c->stream);
+    c->cap = c->client->bootstrap().castAs<proto::Worker>();
+    try {
+      auto req = c->cap.helloRequest();
+      req.setVersion(proto::PROTOCOL_VERSION);
+      auto resp = req.send().wait(ws);
+      if (resp.getVersion() != proto::PROTOCOL_VERSION) {
+        throw std::runtime_error("worker " + address + ": protocol version mismatch: peer " +
+                                 std::to_string(resp.getVersion()) + ", ours " +
+                                 std::to_string(proto::PROTOCOL_VERSION));
+      }
+      impl_->infos.push_back(proto::readWorkerInfo(resp.getInfo()));
+    } catch (const kj::Exception& e) {
+      throw std::runtime_error("worker " + address + ": hello: " + describe(e));
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error("worker " + address + ": hello: " + e.what());
+    }
+    impl_->conns.push_back(std::move(c));
+  }
+}
+
+Cluster::~Cluster() = default;
+
+const std::vector<proto::WorkerInfoData>& Cluster::workers() const { return impl_->infos; }
+
+proto::Worker::Client Cluster::worker(size_t i) {
+  if (i >= impl_->conns.size()) {
+    throw std::out_of_range("worker " + std::to_string(i) + " of " + std::to_string(impl_->conns.size()));
+  }
+  return impl_->conns[i]->cap;
+}
+
+std::vector<proto::Stage::Client> Cluster::load(const gguf::File& model, const ModelConfig& cfg,
+                                                const std::vector<ShardPlacement>& shards,
+                                                const LoadOptions& opts) {
+  auto& ws = impl_->io.waitScope;
+  if (shards.empty()) throw std::invalid_argument("no shards to load");
+  for (const auto& s : shards) {
+    if (s.worker >= impl_->conns.size()) {
+      throw std::invalid_argument("shard " + range(s.layerBegin, s.layerEnd) + " is placed on worker " +
+                                  std::to_string(s.worker) + ", there are " +
+                                  std::to_string(impl_->conns.size()));
+    }
+  }
+  const uint64_t hash = modelHash(model);
+  const std::string path = opts.path.empty() ? model.path() : opts.path;
+
+  // Shard files are made only when streaming may be needed; total bytes for the progress.
+  std::vector<std::unique_ptr<gguf::Writer>> writers(shards.size());
+  uint64_t streamTotal = 0, streamDone = 0;
+  if (opts.source != ShardSource::Path) {
+    for (size_t i = 0; i < shards.size(); ++i) {
+      writers[i] = shardWriter(model, hash, shards[i]);
+      streamTotal += writers[i]->totalBytes();
+    }
+  }
+
+  auto specFor = [&](const ShardPlacement& s) {
+    proto::ShardSpecData spec = opts.spec;
+    spec.modelName = cfg.name.empty() ? model.path() : cfg.name;
+    spec.modelHash = hash;
+    spec.layerBegin = s.layerBegin;
+    spec.layerEnd = s.layerEnd;
+    spec.embed = s.embed;
+    spec.head = s.head;
+    spec.sourcePath.clear();
+    spec.sourceUpload = 0;
+    return spec;
+  };
+  struct Loaded {
+    proto::Stage::Client stage;
+    proto::StageInfoData info;
+  };
+  auto loadShard = [&](size_t worker, const proto::ShardSpecData& spec) {
+    auto req = impl_->conns[worker]->cap.loadShardRequest();
+    proto::writeShardSpec(spec, req.initSpec());
+    auto resp = req.send().wait(ws);
+    return Loaded{resp.getStage(), proto::readStageInfo(resp.getInfo())};
+  };
+  // Streams shard i to its worker (unless it holds the file already); returns the file's hash.
+  auto upload = [&](size_t i) {
+    const gguf::Writer& w = *writers[i];
+    proto::Hasher hasher;
+    w.stream([&](std::span<const std::byte> b) { hasher.update(b); }, kUploadChunkBytes);
+    const uint64_t contentHash = hasher.digest();
+    const uint64_t total = w.totalBytes();
+    auto req = impl_->conns[shards[i].worker]->cap.uploadRequest();
+    req.setBytes(total);
+    req.setContentHash(contentHash);
+    auto resp = req.send().wait(ws);
+    if (resp.getCached()) {
+      streamDone += total;
+      if (opts.progress) opts.progress(streamDone, streamTotal);
+      return contentHash;
+    }
+    proto::Upload::Client up = resp.getUpload();
+    uint64_t offset = 0;
+    w.stream(
+        [&](std::span<const std::byte> bytes) {
+          while (!bytes.empty()) {
+            const size_t n = std::min(bytes.size(), kUploadChunkBytes);
+            auto wr = up.writeRequest();
+            wr.setOffset(offset);
+            wr.setData(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), n));
+            wr.send().wait(ws);  // flow control: resolves when the stream may take more
+            offset += n;
+            streamDone += n;
+            bytes = bytes.subspan(n);
+            if (opts.progress) opts.progress(streamDone, streamTotal);
+          }
+        },
+        kUploadChunkBytes);
+    up.finishRequest().send().wait(ws);
+    return contentHash;
+  };
+
+  std::vector<Loaded> loaded;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const ShardPlacement& s = shards[i];
+    const std::string who = "worker " + impl_->conns[s.worker]->address + ": layers " +
+                            range(s.layerBegin, s.layerEnd) + ": ";
+    proto::ShardSpecData spec = specFor(s);
+    std::string pathError;
+    if (opts.source != ShardSource::Stream) {
+      spec.sourcePath = path;
+      try {
+        loaded.push_back(loadShard(s.worker, spec));
+        continue;
+      } catch (const kj::Exception& e) {
+        if (opts.source == ShardSource::Path) throw std::runtime_error(who + describe(e));
+        pathError = describe(e);
+      }
+      spec.sourcePath.clear();
+    }
+    try {
+      spec.sourceUpload = upload(i);
+      loaded.push_back(loadShard(s.worker, spec));
+    } catch (const kj::Exception& e) {
+      throw std::runtime_error(who + (pathError.empty() ? "" : "own copy refused (" + pathError + "), ") +
+                               "streamed shard: " + describe(e));
+    }
+  }
+
+  // Stage i sends to stage i + 1: in memory on the same worker, else dialled by its worker.
+  for (size_t i = 0; i + 1 < shards.size(); ++i) {
+    const ShardPlacement& to = shards[i + 1];
+    auto req = loaded[i].stage.linkRequest();
+    auto next = req.initNext();
+    if (to.worker == shards[i].worker) {
+      next.setLocal(loaded[i + 1].info.shardId);
+    } else {
+      auto remote = next.initRemote();
+      remote.setAddress(impl_->conns[to.worker]->address);
+      remote.setShardId(loaded[i + 1].info.shardId);
+    }
+    try {
+      req.send().wait(ws);
+    } catch (const kj::Exception& e) {
+      throw std::runtime_error("worker " + impl_->conns[shards[i].worker]->address + ": linking layers " +
+                               range(shards[i].layerBegin, shards[i].layerEnd) + " to " +
+                               impl_->conns[to.worker]->address + ": " + describe(e));
+    }
+  }
+  std::vector<proto::Stage::Client> out;
+  for (auto& l : loaded) out.emplace_back(l.stage);
+  return out;
+}
+
+std::vector<std::vector<proto::StageStatsData>> Cluster::stats(bool reset) {
+  auto& ws = impl_->io.waitScope;
+  std::vector<std::vector<proto::StageStatsData>> out;
+  for (auto& c : impl_->conns) {
+    try {
+      auto req = c->cap.statsRequest();
+      req.setReset(reset);
+      auto resp = req.send().wait(ws);
+      std::vector<proto::StageStatsData> stages;
+      for (auto s : resp.getStages()) stages.push_back(proto::readStageStats(s));
+      out.push_back(std::move(stages));
+    } catch (const kj::Exception& e) {
+      throw std::runtime_error("worker " + c->address + ": stats: " + describe(e));
+    }
+  }
+  return out;
+}
+
+}  // namespace tern::coord

@@ -1,0 +1,48 @@
+#include "tools/tern/metrics_endpoint.hpp"
+
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <chrono>
+#include <stdexcept>
+
+#ifndef TERN_BUILD_COMMIT
+#define TERN_BUILD_COMMIT "unknown"
+#endif
+
+namespace tern::cli {
+
+MetricsEndpoint::MetricsEndpoint(const std::string& address, const std::string& role)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
+    throw std::runtime_error("--metrics wants HOST:PORT (got \"" + address + "\")");
+  }
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("cannot serve metrics on " + address + ": " + e.what());
+  }
+  const auto ports = exposer_->GetListeningPorts();
+  address_ = address.substr(0, colon + 1) + (ports.empty() ? address.substr(colon + 1)
+                                                           : std::to_string(ports.front()));
+  exposer_->RegisterCollectable(registry_);
+
+  prometheus::BuildGauge()
+      .Name("tern_build_info")
+      .Help("Build of this tern process (value 1)")
+      .Register(*registry_)
+      .Add({{"version", "0.1.0"}, {"commit", TERN_BUILD_COMMIT}, {"role", role}})
+      .Set(1);
+  prometheus::BuildGauge()
+      .Name("tern_process_start_time_seconds")
+      .Help("Start of this process, seconds since the Unix epoch")
+      .Register(*registry_)
+      .Add({})
+      .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+MetricsEndpoint::~MetricsEndpoint() = default;
+
+}  // namespace tern::cli
