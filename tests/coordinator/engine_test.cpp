@@ -3,6 +3,7 @@
 // The stages are local capabilities on this thread's kj loop, linked stage to stage through a
 // HopResolver that resolves NextHop.local from the test's list of capabilities.
 #include "tests/coordinator/engine_fixture.hpp"  // first: its pragma must precede kj's headers
+#include "tests/ops/reference_files.hpp"
 
 #include "coordinator/generator.hpp"
 
@@ -17,23 +18,7 @@
 using namespace tern;
 using namespace tern::test;
 
-namespace {
-
-std::vector<int32_t> readIdLines(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in);
-  std::vector<int32_t> ids;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ls(line);
-    int32_t v;
-    while (ls >> v) ids.push_back(v);
-  }
-  return ids;
-}
-
-}  // namespace
+using tern::testing::readIdLines;
 
 TEST_CASE("engine: 8 sequences at once give each what it gets alone, 1 and 3 stages") {
   auto io = kj::setupAsyncIo();

@@ -54,14 +54,13 @@ struct RunResult {
   std::string out, err;
 };
 
-// argv excludes the program; stdinText is fed on stdin (from a file).
-inline RunResult runTern(const std::vector<std::string>& args, const std::string& stdinText = "") {
-  TempDir dir;
-  const auto outPath = dir / "stdout", errPath = dir / "stderr", inPath = dir / "stdin";
-  { std::ofstream(inPath, std::ios::binary) << stdinText; }
+// Starts TERN_EXE with `args` (argv without the program), stdin from stdinPath, stdout and
+// stderr into files; returns its pid.
+inline pid_t spawnTern(const std::vector<std::string>& args, const std::string& stdinPath,
+                       const std::string& outPath, const std::string& errPath) {
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, inPath.c_str(), O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 0, stdinPath.c_str(), O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, outPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&fa, 2, errPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   std::vector<std::string> all{TERN_EXE};
@@ -73,6 +72,15 @@ inline RunResult runTern(const std::vector<std::string>& args, const std::string
   const int rc = posix_spawn(&pid, TERN_EXE, &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   if (rc != 0) throw std::runtime_error("posix_spawn failed for " TERN_EXE);
+  return pid;
+}
+
+// argv excludes the program; stdinText is fed on stdin (from a file).
+inline RunResult runTern(const std::vector<std::string>& args, const std::string& stdinText = "") {
+  TempDir dir;
+  const auto outPath = dir / "stdout", errPath = dir / "stderr", inPath = dir / "stdin";
+  { std::ofstream(inPath, std::ios::binary) << stdinText; }
+  const pid_t pid = spawnTern(args, inPath, outPath, errPath);
   int status = 0;
   if (waitpid(pid, &status, 0) != pid) throw std::runtime_error("waitpid failed");
   RunResult r;
