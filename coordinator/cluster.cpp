@@ -132,22 +132,19 @@ WorkerSpec workerSpecFromInfo(const proto::WorkerInfoData& info) {
 
 std::vector<ShardPlacement> shardsFromPlan(const Placement& plan) {
   std::vector<ShardPlacement> out;
-  bool pendingEmbed = false;
+  uint32_t next = 0;
   for (const WorkerPlan& w : plan.workers) {
     if (!w.used) continue;
-    if (w.layerBegin >= w.layerEnd) {
-      // A worker with the embedding or head but no layers: the neighbouring stage takes it.
-      if (w.holdsEmbedding) pendingEmbed = true;
-      if (w.holdsHead && !out.empty()) out.back().head = true;
-      continue;
-    }
+    // A worker may hold only the embedding or only the head (no layers): a stage of its own
+    // (ops::Stage runs zero-layer stages), e.g. a large head on a worker of its own.
+    if (w.layerBegin >= w.layerEnd && !w.holdsEmbedding && !w.holdsHead) continue;
     ShardPlacement s;
     s.worker = w.workerIndex;
-    s.layerBegin = w.layerBegin;
-    s.layerEnd = w.layerEnd;
-    s.embed = w.holdsEmbedding || pendingEmbed;
+    s.layerBegin = w.layerBegin >= w.layerEnd ? next : w.layerBegin;
+    s.layerEnd = w.layerBegin >= w.layerEnd ? next : w.layerEnd;
+    s.embed = w.holdsEmbedding;
     s.head = w.holdsHead;
-    pendingEmbed = false;
+    next = s.layerEnd;
     out.push_back(s);
   }
   if (out.empty()) throw std::invalid_argument("the plan places no layers");

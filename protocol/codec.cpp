@@ -246,12 +246,13 @@ ShardSpecData readShardSpec(ShardSpec::Reader in) {
   s.modelHash = in.getModelHash();
   s.layerBegin = in.getLayerBegin();
   s.layerEnd = in.getLayerEnd();
-  if (s.layerEnd <= s.layerBegin) {
-    bad("shardSpec: empty layer range [" + std::to_string(s.layerBegin) + ", " +
-        std::to_string(s.layerEnd) + ")");
-  }
   s.embed = in.getEmbed();
   s.head = in.getHead();
+  // No layers is fine for a stage that holds only the embedding or the head.
+  if (s.layerEnd < s.layerBegin || (s.layerEnd == s.layerBegin && !s.embed && !s.head)) {
+    bad("shardSpec: empty layer range [" + std::to_string(s.layerBegin) + ", " +
+        std::to_string(s.layerEnd) + ") without the embedding or the head");
+  }
   auto src = in.getSource();
   if (src.isPath()) {
     s.sourcePath = src.getPath();

@@ -48,6 +48,15 @@ TEST_CASE("cluster: worker lists, even shards and shards from a plan") {
   REQUIRE(fromPlan.size() == 2);
   CHECK((fromPlan[0].worker == 1 && fromPlan[0].layerEnd == 3 && fromPlan[0].embed));
   CHECK((fromPlan[1].worker == 0 && fromPlan[1].layerBegin == 3 && fromPlan[1].head));
+  // A worker holding only the head (the planner's choice when the head outweighs layers) is a
+  // stage of its own with no layers.
+  plan.workers[0] = {"b", 1, true, 0, 5, true, false};
+  plan.workers[2] = {"a", 0, true, 0, 0, false, true};
+  const auto headAlone = coord::shardsFromPlan(plan);
+  REQUIRE(headAlone.size() == 2);
+  CHECK((headAlone[0].layerBegin == 0 && headAlone[0].layerEnd == 5 && !headAlone[0].head));
+  CHECK((headAlone[1].worker == 0 && headAlone[1].layerBegin == 5 && headAlone[1].layerEnd == 5));
+  CHECK((headAlone[1].head && !headAlone[1].embed));
 
   coord::WorkerSpec w = coord::workerSpecFromInfo(
       proto::WorkerInfoData{"h", "h:1", 1, 8, 8, 100, 60, {}, "ref", 2.5, 30, "", "", ""});
