@@ -5,6 +5,7 @@
 #include "topology/binding.hpp"
 #include "topology/machine.hpp"
 #include "worker/calibration.hpp"
+#include "worker/compute_thread.hpp"
 #include "worker/worker_server.hpp"
 
 #include <capnp/rpc-twoparty.h>
@@ -197,9 +198,13 @@ void serve(const HostOptions& opts,
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot listen on " + opts.listen + ": " + e.what());
   }
-  Placement placed = placeAndMeasure(opts);
-
   auto io = kj::setupAsyncIo();
+  // Binding, measuring and (later) loading and computing happen on the compute thread, the master
+  // of the bound OpenMP team; this thread only does I/O. Declared after io: it is stopped (its
+  // queued jobs run first) before the event loop goes.
+  ComputeThread compute;
+  Placement placed = compute.runSync([&] { return placeAndMeasure(opts); });
+
   kj::Network& network = io.provider->getNetwork();
   kj::Own<kj::ConnectionReceiver> listener;
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] {
@@ -220,6 +225,7 @@ void serve(const HostOptions& opts,
   wo.calibrate = opts.calibrate;
   wo.memoryLimitBytes = opts.memoryLimitBytes;
   wo.metrics = opts.metrics;
+  wo.compute = &compute;
   auto server = kj::heap<WorkerServer>(std::move(wo), network, std::move(info));
   WorkerServer& worker = *server;
   capnp::TwoPartyServer rpc(kj::mv(server));

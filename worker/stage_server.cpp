@@ -35,8 +35,9 @@ double seconds(std::chrono::steady_clock::duration d) {
 
 StageServer::StageServer(std::unique_ptr<ops::Stage> stage, unsigned threads, std::string machine,
                          uint32_t shardId, StageLimits limits, HopResolver resolver,
-                         StageInstruments instruments)
-    : stage_(std::move(stage)), threads_(threads), machine_(std::move(machine)), shardId_(shardId),
+                         StageInstruments instruments, ComputeThread* compute)
+    : stage_(std::move(stage)), compute_(compute), sendTail_(kj::Promise<void>(kj::READY_NOW).fork()),
+      threads_(threads), machine_(std::move(machine)), shardId_(shardId),
       limits_(limits), resolver_(std::move(resolver)), m_(instruments) {
   stats_.shardId = shardId_;
   stats_.layerBegin = stage_->range().layerBegin;
@@ -85,6 +86,16 @@ void StageServer::resetStats() {
   busySeen_ = false;
 }
 
+kj::Promise<void> StageServer::enqueue(std::function<void()> fn) {
+  if (compute_ != nullptr) return compute_->run(std::move(fn));
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::heapString(e.what()));
+  }
+  return kj::READY_NOW;
+}
+
 void StageServer::updateGauges() {
   if (m_.kvBytes) m_.kvBytes->Set(static_cast<double>(kvBytes()));
   if (m_.sequences) m_.sequences->Set(static_cast<double>(seqCtx_.size()));
@@ -117,18 +128,32 @@ kj::Promise<void> StageServer::openSequence(OpenSequenceContext context) {
          std::to_string(seqCtx_.size()) + " sequences open, this shard holds at most " +
          std::to_string(limits_.maxSequences));
   }
-  guarded("openSequence", [&] { stage_->openSequence(seq, maxLen); });
+  if (seqCtx_.count(seq)) {
+    if (m_.errors) m_.errors->Increment();
+    fail("openSequence: sequence " + std::to_string(seq) + " is already open");
+  }
+  if (maxLen == 0) fail("openSequence " + std::to_string(seq) + ": maxLen is 0");
+  // Takes effect after the batches already queued; the loop's view (seqCtx_) changes now, so the
+  // batches that arrive after this call are checked against it.
   seqCtx_[seq] = maxLen;
   updateGauges();
-  return kj::READY_NOW;
+  auto stage = stage_;
+  return enqueue([stage, seq, maxLen] { stage->openSequence(seq, maxLen); })
+      .catch_([this, seq](kj::Exception&& e) {
+        seqCtx_.erase(seq);
+        updateGauges();
+        fail("openSequence: " + std::string(e.getDescription().cStr()));
+      });
 }
 
 kj::Promise<void> StageServer::closeSequence(CloseSequenceContext context) {
-  auto p = context.getParams();
-  guarded("closeSequence", [&] { stage_->closeSequence(p.getSeqId()); });
-  seqCtx_.erase(p.getSeqId());
+  const uint64_t seq = context.getParams().getSeqId();
+  if (!seqCtx_.erase(seq)) fail("closeSequence: unknown sequence " + std::to_string(seq));
   updateGauges();
-  return kj::READY_NOW;
+  auto stage = stage_;
+  return enqueue([stage, seq] { stage->closeSequence(seq); }).catch_([](kj::Exception&& e) {
+    fail("closeSequence: " + std::string(e.getDescription().cStr()));
+  });
 }
 
 kj::Promise<void> StageServer::link(LinkContext context) {
@@ -180,86 +205,109 @@ kj::Promise<void> StageServer::forward(ForwardContext context) {
           std::to_string(nEmbd));
   }
   for (uint64_t s : batch.seq) {
-    if (!stage_->hasSequence(s)) fails("forward: unknown sequence " + std::to_string(s));
+    if (!seqCtx_.count(s)) fails("forward: unknown sequence " + std::to_string(s));
   }
-  const uint64_t inBytes = batch.tokens.size() * sizeof(int32_t) + batch.act.size() * sizeof(float);
 
-  // Time between the end of the previous batch and this one's arrival: waiting.
-  const auto tStart = Clock::now();
-  if (busySeen_) stats_.waitSeconds += std::max(0.0, seconds(t0 - lastDone_));
+  // The compute job's data: nothing of kj (it is destroyed on the compute thread).
+  struct Work {
+    proto::BatchData batch;
+    ops::BatchOut out;
+    Clock::time_point start, end;
+  };
+  auto work = std::make_shared<Work>();
+  work->batch = std::move(batch);
+  const double decodeSeconds = seconds(Clock::now() - t0);
+  auto stage = stage_;
+  kj::Promise<void> computed = enqueue([stage, work] {
+    work->start = Clock::now();
+    const proto::BatchData& b = work->batch;
+    stage->forward(ops::BatchIn{b.seq, b.pos, b.tokens, b.act, b.wantLogits}, work->out);
+    work->end = Clock::now();
+  });
 
-  ops::BatchIn in{batch.seq, batch.pos, batch.tokens, batch.act, batch.wantLogits};
-  ops::BatchOut out;
-  try {
-    stage_->forward(in, out);
-  } catch (const std::exception& e) {
-    fails(std::string("forward: ") + e.what());
-  }
-  const auto tComputed = Clock::now();
-  const double compute = seconds(tComputed - tStart);
+  // Sends go out in arrival order: after this batch's compute and the previous batch's send.
+  auto downstream = std::make_shared<kj::Promise<void>>(nullptr);
+  auto sent = sendTail_.addBranch()
+                  .then([computed = kj::mv(computed)]() mutable {
+                    return computed.catch_([](kj::Exception&& e) {
+                      fail("forward: " + std::string(e.getDescription().cStr()));
+                    });
+                  })
+                  .then([this, work, downstream, decodeSeconds]() mutable {
+                    const auto tSend = Clock::now();
+                    proto::BatchData& b = work->batch;
+                    const auto& range = stage_->range();
+                    const uint64_t inBytes =
+                        b.tokens.size() * sizeof(int32_t) + b.act.size() * sizeof(float);
+                    const size_t nTokens = b.seq.size();
+                    uint64_t outBytes = 0;
+                    if (range.head) {
+                      proto::LogitsData logits;
+                      logits.batchId = b.id;
+                      logits.nVocab = stage_->config().nVocab;
+                      for (size_t i = 0; i < b.size(); ++i) {
+                        if (b.wantLogits[i] == 0) continue;
+                        logits.seq.push_back(b.seq[i]);
+                        logits.pos.push_back(b.pos[i]);
+                      }
+                      logits.data = std::move(work->out.logits);
+                      outBytes = logits.data.size() * sizeof(float);
+                      KJ_IF_MAYBE(s, sink_) {
+                        auto req = s->deliverRequest();
+                        guarded("forward", [&] { proto::writeLogits(logits, req.initLogits()); });
+                        *downstream = req.send().ignoreResult();
+                      }
+                    } else {
+                      proto::BatchData nb;
+                      nb.id = b.id;
+                      nb.seq = std::move(b.seq);
+                      nb.pos = std::move(b.pos);
+                      nb.nEmbd = stage_->config().nEmbd;
+                      nb.act = std::move(work->out.act);
+                      nb.wantLogits = std::move(b.wantLogits);
+                      outBytes = nb.act.size() * sizeof(float);
+                      KJ_IF_MAYBE(n, next_) {
+                        auto req = n->forwardRequest();
+                        guarded("forward", [&] { proto::writeBatch(nb, req.initBatch()); });
+                        *downstream = req.send().ignoreResult();
+                      }
+                    }
+                    const double compute = seconds(work->end - work->start);
+                    stats_.batches += 1;
+                    stats_.tokens += nTokens;
+                    stats_.computeSeconds += compute;
+                    stats_.transferSeconds += decodeSeconds + seconds(Clock::now() - tSend);
+                    // Idle time of the team between the previous batch and this one.
+                    if (busySeen_) stats_.waitSeconds += std::max(0.0, seconds(work->start - lastDone_));
+                    stats_.bytesIn += inBytes;
+                    stats_.bytesOut += outBytes;
+                    busySeen_ = true;
+                    lastDone_ = work->end;
+                    if (m_.tokens) m_.tokens->Increment(static_cast<double>(nTokens));
+                    if (m_.batches) m_.batches->Increment();
+                    if (m_.forwardSeconds) m_.forwardSeconds->Observe(compute);
+                    if (m_.batchTokens) m_.batchTokens->Observe(static_cast<double>(nTokens));
+                    if (m_.bytesIn) m_.bytesIn->Increment(static_cast<double>(inBytes));
+                    if (m_.bytesOut) m_.bytesOut->Increment(static_cast<double>(outBytes));
+                  })
+                  .fork();
+  sendTail_ = sent.addBranch().catch_([](kj::Exception&&) {}).fork();
 
-  kj::Promise<void> downstream = nullptr;
-  uint64_t outBytes = 0;
-  if (range.head) {
-    proto::LogitsData logits;
-    logits.batchId = batch.id;
-    logits.nVocab = stage_->config().nVocab;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      if (batch.wantLogits[i] == 0) continue;
-      logits.seq.push_back(batch.seq[i]);
-      logits.pos.push_back(batch.pos[i]);
-    }
-    logits.data = std::move(out.logits);
-    outBytes = logits.data.size() * sizeof(float);
-    KJ_IF_MAYBE(sink, sink_) {
-      auto req = sink->deliverRequest();
-      guarded("forward", [&] { proto::writeLogits(logits, req.initLogits()); });
-      downstream = req.send().ignoreResult();
-    }
-  } else {
-    proto::BatchData next;
-    next.id = batch.id;
-    next.seq = std::move(batch.seq);
-    next.pos = std::move(batch.pos);
-    next.nEmbd = nEmbd;
-    next.act = std::move(out.act);
-    next.wantLogits = std::move(batch.wantLogits);
-    outBytes = next.act.size() * sizeof(float);
-    KJ_IF_MAYBE(n, next_) {
-      auto req = n->forwardRequest();
-      guarded("forward", [&] { proto::writeBatch(next, req.initBatch()); });
-      downstream = req.send().ignoreResult();
-    }
-  }
-  const auto tSent = Clock::now();
-
-  const size_t nTokens = in.seq.size();
-  stats_.batches += 1;
-  stats_.tokens += nTokens;
-  stats_.computeSeconds += compute;
-  stats_.transferSeconds += seconds(tStart - t0) + seconds(tSent - tComputed);
-  stats_.bytesIn += inBytes;
-  stats_.bytesOut += outBytes;
-  busySeen_ = true;
-  lastDone_ = tSent;
-  if (m_.tokens) m_.tokens->Increment(static_cast<double>(nTokens));
-  if (m_.batches) m_.batches->Increment();
-  if (m_.forwardSeconds) m_.forwardSeconds->Observe(compute);
-  if (m_.batchTokens) m_.batchTokens->Observe(static_cast<double>(nTokens));
-  if (m_.bytesIn) m_.bytesIn->Increment(static_cast<double>(inBytes));
-  if (m_.bytesOut) m_.bytesOut->Increment(static_cast<double>(outBytes));
   ++inFlight_;
   if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
-  return downstream.then(
-      [this]() {
-        --inFlight_;
-        if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
-      },
-      [this](kj::Exception&& e) {
-        --inFlight_;
-        if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
-        kj::throwFatalException(kj::mv(e));
-      });
+  return sent.addBranch()
+      .then([downstream]() mutable { return kj::mv(*downstream); })
+      .then(
+          [this]() {
+            --inFlight_;
+            if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
+          },
+          [this](kj::Exception&& e) {
+            --inFlight_;
+            if (m_.queueDepth) m_.queueDepth->Set(static_cast<double>(inFlight_));
+            if (m_.errors) m_.errors->Increment();
+            kj::throwFatalException(kj::mv(e));
+          });
 }
 
 }  // namespace tern::worker

@@ -1,17 +1,18 @@
 // The stage actor: serves tern.capnp's Stage interface over an ops::Stage.
 //
-// Runs on its worker's kj event loop thread. forward() decodes the batch, computes the stage's
-// layers, then hands the activations to the next stage (or the logits to the sink) that link()
-// set, and returns that call's promise, so the caller sees the whole remaining pipeline finish.
-// Batches are served in arrival order; while one computes, the next waits in the transport.
-// Errors in a request become kj FAILED exceptions carrying a one-line message; the stage state
-// is untouched and the server keeps serving.
-// TODO(perf): compute runs on the event loop thread; moving it to the pinned OpenMP team's
-// master and posting results back through kj::Executor would let I/O overlap compute.
+// Runs on its worker's kj event loop thread. forward() decodes and checks the batch there, hands
+// the layers' work to the worker's ComputeThread (the bound OpenMP team's master; without one,
+// tests compute inline), then sends the activations to the next stage (or the logits to the sink)
+// that link() set, and returns that call's promise, so the caller sees the whole remaining
+// pipeline finish. Batches, openSequence and closeSequence take effect in arrival order (one
+// FIFO of compute jobs; sends chained in the same order); while the team computes one batch the
+// loop receives the next and sends the previous. Errors in a request become kj FAILED exceptions
+// carrying a one-line message; the stage state is untouched and the server keeps serving.
 #pragma once
 
 #include "ops/stage.hpp"
 #include "protocol/codec.hpp"
+#include "worker/compute_thread.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -56,9 +57,11 @@ using HopResolver = std::function<kj::Promise<proto::Stage::Client>(proto::NextH
 class StageServer final : public proto::Stage::Server {
  public:
   // threads and machine are reported in hello(); the stage computes with its own options.
+  // compute: where the layers run (null = inline on the loop thread, for tests); must outlive
+  // the server's calls. Queued jobs keep the ops::Stage alive, so the server may go first.
   StageServer(std::unique_ptr<ops::Stage> stage, unsigned threads, std::string machine,
               uint32_t shardId = 0, StageLimits limits = {}, HopResolver resolver = nullptr,
-              StageInstruments instruments = {});
+              StageInstruments instruments = {}, ComputeThread* compute = nullptr);
   ~StageServer();
 
   proto::StageInfoData info() const;
@@ -78,8 +81,12 @@ class StageServer final : public proto::Stage::Server {
  private:
   using Clock = std::chrono::steady_clock;
   void updateGauges();
+  // Runs fn after every job queued before it: on the compute thread, or inline without one.
+  kj::Promise<void> enqueue(std::function<void()> fn);
 
-  std::unique_ptr<ops::Stage> stage_;
+  std::shared_ptr<ops::Stage> stage_;
+  ComputeThread* compute_;
+  kj::ForkedPromise<void> sendTail_;  // resolves when the latest batch has been sent on
   unsigned threads_;
   std::string machine_;
   uint32_t shardId_;

@@ -567,8 +567,12 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
 
   std::unique_ptr<ops::Stage> stage;
   try {
-    stage = std::make_unique<ops::Stage>(
-        file, cfg, ops::StageRange{spec.layerBegin, spec.layerEnd, spec.embed, spec.head}, so);
+    auto build = [&] {
+      return std::make_unique<ops::Stage>(
+          file, cfg, ops::StageRange{spec.layerBegin, spec.layerEnd, spec.embed, spec.head}, so);
+    };
+    // On the compute thread: the weight copies are first touched by the bound team.
+    stage = w.opts.compute ? w.opts.compute->runSync(build) : build();
   } catch (const std::exception& e) {
     fail("loadShard " + layers + ": " + e.what());
   }
@@ -584,7 +588,7 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   HopResolver resolver = [impl, id](proto::NextHop::Reader hop) { return impl->resolve(id, hop); };
   slot->server = kj::heap<StageServer>(std::move(stage), threads, info_.machine, id,
                                        StageLimits{spec.maxSequences, spec.nCtx},
-                                       std::move(resolver), inst);
+                                       std::move(resolver), inst, w.opts.compute);
   const proto::StageInfoData stageInfo = slot->server->info();
   w.shards.emplace(id, slot);
   w.updateFree();

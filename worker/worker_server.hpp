@@ -25,6 +25,7 @@
 #pragma once
 
 #include "protocol/codec.hpp"
+#include "worker/compute_thread.hpp"
 #include "worker/stage_server.hpp"
 
 #include <kj/async-io.h>
@@ -48,6 +49,9 @@ struct WorkerOptions {
   bool calibrate = true;      // measure the calibration matmul and bandwidth at start (~0.3 s)
   uint64_t memoryLimitBytes = 0;  // 0 = the node's memory (hwloc), else this budget (tests)
   std::shared_ptr<prometheus::Registry> metrics;  // null = no metrics
+  // Where shards are loaded (weights first touched by the bound team) and compute; null = the
+  // loop thread (tests). Must outlive the server.
+  ComputeThread* compute = nullptr;
 };
 
 class WorkerServer final : public proto::Worker::Server {
