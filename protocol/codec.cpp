@@ -285,6 +285,7 @@ void writeStageStats(const StageStatsData& in, StageStats::Builder out) {
   out.setBytesOut(in.bytesOut);
   out.setSequences(in.sequences);
   out.setKvBytes(in.kvBytes);
+  out.setMergedBatches(in.mergedBatches);
 }
 
 StageStatsData readStageStats(StageStats::Reader in) {
@@ -301,6 +302,7 @@ StageStatsData readStageStats(StageStats::Reader in) {
   s.bytesOut = in.getBytesOut();
   s.sequences = in.getSequences();
   s.kvBytes = in.getKvBytes();
+  s.mergedBatches = in.getMergedBatches();
   return s;
 }
 

@@ -92,6 +92,7 @@ struct StageStatsData {
   uint64_t bytesIn = 0, bytesOut = 0;
   uint32_t sequences = 0;
   uint64_t kvBytes = 0;
+  uint64_t mergedBatches = 0;
 };
 
 // Writers check the same invariants as the readers (std::invalid_argument) so a bad batch fails

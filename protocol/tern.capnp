@@ -254,6 +254,10 @@ struct StageStats {
 
   kvBytes @11 :UInt64;
   # KV cache bytes allocated now.
+
+  mergedBatches @12 :UInt64;
+  # Batches that arrived while the stage was busy and were computed together with others as one
+  # merged batch (one GEMM over all their tokens).
 }
 
 interface Sink {

@@ -38,8 +38,10 @@ class ComputeThread {
   // fn must not touch kj objects.
   kj::Promise<void> run(std::function<void()> fn);
 
- private:
+  // Queues fn without a result (fn reports back by itself, e.g. through cross-thread fulfillers).
   void post(std::function<void()> job);
+
+ private:
   void loop();
 
   std::mutex m_;

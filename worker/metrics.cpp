@@ -59,6 +59,8 @@ struct WorkerMetrics::Families {
                          "Sequences open in the stage", r)),
         errors(family(prometheus::BuildCounter(), "tern_stage_request_errors_total",
                       "Requests the stage refused", r)),
+        merged(family(prometheus::BuildCounter(), "tern_stage_merged_batches_total",
+                      "Batches computed together with others that waited for the team", r)),
         weightBytes(family(prometheus::BuildGauge(), "tern_worker_weight_bytes",
                            "Bytes of weights of the loaded shards", r)),
         numaNode(family(prometheus::BuildGauge(), "tern_worker_numa_node",
@@ -84,6 +86,7 @@ struct WorkerMetrics::Families {
   prometheus::Family<prometheus::Gauge>& kvBytes;
   prometheus::Family<prometheus::Gauge>& sequences;
   prometheus::Family<prometheus::Counter>& errors;
+  prometheus::Family<prometheus::Counter>& merged;
   prometheus::Family<prometheus::Gauge>& weightBytes;
   prometheus::Family<prometheus::Gauge>& numaNode;
   prometheus::Family<prometheus::Gauge>& threads;
@@ -150,6 +153,7 @@ StageInstruments WorkerMetrics::stage(uint32_t layerBegin, uint32_t layerEnd,
   s.kvBytes = addSeries(f_->kvBytes, l, removers_);
   s.sequences = addSeries(f_->sequences, l, removers_);
   s.errors = addSeries(f_->errors, l, removers_);
+  s.merged = addSeries(f_->merged, l, removers_);
   stages_.emplace(key, s);
   return s;
 }

@@ -10,7 +10,7 @@
 //   tern_stage_tokens_total, tern_stage_batches_total, tern_stage_forward_seconds (histogram),
 //   tern_stage_batch_tokens (histogram), tern_stage_queue_depth, tern_stage_received_bytes_total,
 //   tern_stage_sent_bytes_total, tern_stage_kv_cache_bytes, tern_stage_sequences,
-//   tern_stage_request_errors_total.
+//   tern_stage_request_errors_total, tern_stage_merged_batches_total.
 // Worker series (label worker): tern_worker_weight_bytes, tern_worker_numa_node,
 //   tern_worker_threads, tern_worker_binding_ok (1/0), tern_worker_bandwidth_bytes_per_second,
 //   tern_worker_calibration_macs_per_second, tern_worker_info{kernel, address} = 1.

@@ -4,7 +4,9 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 
+#include <deque>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -31,14 +33,133 @@ double seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// One forward() call's compute: nothing of kj (it is touched and may be destroyed on the compute
+// thread).
+struct Work {
+  proto::BatchData batch;
+  ops::BatchOut out;
+  std::chrono::steady_clock::time_point start, end;
+  double computeSeconds = 0;  // its share of a merged batch's time (by tokens)
+  bool merged = false;        // computed together with other batches
+};
+
+// Most tokens one merged batch carries.
+constexpr size_t kMaxMergedTokens = 512;
+
+void computeOne(ops::Stage& stage, Work& w) {
+  const proto::BatchData& b = w.batch;
+  w.start = std::chrono::steady_clock::now();
+  stage.forward(ops::BatchIn{b.seq, b.pos, b.tokens, b.act, b.wantLogits}, w.out);
+  w.end = std::chrono::steady_clock::now();
+  w.computeSeconds = seconds(w.end - w.start);
+}
+
+// Runs several batches as one: concatenated in arrival order (so each sequence's tokens stay in
+// position order), then the output rows are handed back to each batch. Throws what the stage
+// throws for the merged batch, before any state changed.
+void computeMerged(ops::Stage& stage, std::vector<Work*>& ws) {
+  proto::BatchData all;
+  for (Work* w : ws) {
+    const proto::BatchData& b = w->batch;
+    all.seq.insert(all.seq.end(), b.seq.begin(), b.seq.end());
+    all.pos.insert(all.pos.end(), b.pos.begin(), b.pos.end());
+    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
+    all.act.insert(all.act.end(), b.act.begin(), b.act.end());
+    all.wantLogits.insert(all.wantLogits.end(), b.wantLogits.begin(), b.wantLogits.end());
+  }
+  ops::BatchOut out;
+  const auto start = std::chrono::steady_clock::now();
+  stage.forward(ops::BatchIn{all.seq, all.pos, all.tokens, all.act, all.wantLogits}, out);
+  const auto end = std::chrono::steady_clock::now();
+  const auto& cfg = stage.config();
+  const size_t actRow = cfg.nEmbd, logitRow = cfg.nVocab;
+  size_t actAt = 0, logitAt = 0;
+  for (Work* w : ws) {
+    const size_t n = w->batch.size();
+    size_t wanted = 0;
+    for (uint8_t x : w->batch.wantLogits) wanted += x != 0;
+    if (!out.act.empty()) {
+      w->out.act.assign(out.act.begin() + actAt * actRow, out.act.begin() + (actAt + n) * actRow);
+    }
+    if (!out.logits.empty()) {
+      w->out.logits.assign(out.logits.begin() + logitAt * logitRow,
+                           out.logits.begin() + (logitAt + wanted) * logitRow);
+    }
+    actAt += n;
+    logitAt += wanted;
+    w->start = start;
+    w->end = end;
+    w->computeSeconds = seconds(end - start) * double(n) / double(all.size());
+    w->merged = true;
+  }
+}
+
 }  // namespace
+
+// Batches handed to the compute thread and not yet started. The loop thread adds, the compute
+// thread takes; each entry's fulfiller resolves its forward() call's compute step.
+struct StageServer::MergeQueue {
+  struct Entry {
+    std::shared_ptr<Work> work;
+    kj::Own<kj::CrossThreadPromiseFulfiller<void>> done;
+  };
+  std::mutex m;
+  std::deque<Entry> waiting;
+
+  // On the compute thread: runs every waiting batch (up to kMaxMergedTokens tokens, at least
+  // one batch) as one. Where the merged batch fails, each runs alone so that only a bad batch
+  // gets the error.
+  void drain(ops::Stage& stage) {
+    std::vector<Entry> take;
+    {
+      std::lock_guard<std::mutex> lock(m);
+      size_t tokens = 0;
+      while (!waiting.empty() &&
+             (take.empty() || tokens + waiting.front().work->batch.size() <= kMaxMergedTokens)) {
+        tokens += waiting.front().work->batch.size();
+        take.push_back(std::move(waiting.front()));
+        waiting.pop_front();
+      }
+    }
+    if (take.empty()) return;  // an earlier drain took this call's batch
+    auto reject = [](Entry& e, const char* what) {
+      e.done->reject(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                                   kj::heapString(what)));
+    };
+    if (take.size() > 1) {
+      std::vector<Work*> ws;
+      for (auto& e : take) ws.push_back(e.work.get());
+      bool ok = true;
+      try {
+        computeMerged(stage, ws);
+      } catch (const std::exception&) {
+        ok = false;  // some batch is bad: find which, one by one
+      }
+      if (ok) {
+        for (auto& e : take) e.done->fulfill();
+        return;
+      }
+    }
+    for (auto& e : take) {
+      try {
+        computeOne(stage, *e.work);
+        e.done->fulfill();
+      } catch (const std::exception& ex) {
+        reject(e, ex.what());
+      } catch (...) {
+        reject(e, "compute failed");
+      }
+    }
+  }
+};
 
 StageServer::StageServer(std::unique_ptr<ops::Stage> stage, unsigned threads, std::string machine,
                          uint32_t shardId, StageLimits limits, HopResolver resolver,
                          StageInstruments instruments, ComputeThread* compute)
     : stage_(std::move(stage)), compute_(compute), sendTail_(kj::Promise<void>(kj::READY_NOW).fork()),
       threads_(threads), machine_(std::move(machine)), shardId_(shardId),
-      limits_(limits), resolver_(std::move(resolver)), m_(instruments) {
+      limits_(limits), resolver_(std::move(resolver)), m_(instruments),
+      merge_(std::make_shared<MergeQueue>()) {
   stats_.shardId = shardId_;
   stats_.layerBegin = stage_->range().layerBegin;
   stats_.layerEnd = stage_->range().layerEnd;
@@ -208,22 +329,21 @@ kj::Promise<void> StageServer::forward(ForwardContext context) {
     if (!seqCtx_.count(s)) fails("forward: unknown sequence " + std::to_string(s));
   }
 
-  // The compute job's data: nothing of kj (it is destroyed on the compute thread).
-  struct Work {
-    proto::BatchData batch;
-    ops::BatchOut out;
-    Clock::time_point start, end;
-  };
   auto work = std::make_shared<Work>();
   work->batch = std::move(batch);
   const double decodeSeconds = seconds(Clock::now() - t0);
-  auto stage = stage_;
-  kj::Promise<void> computed = enqueue([stage, work] {
-    work->start = Clock::now();
-    const proto::BatchData& b = work->batch;
-    stage->forward(ops::BatchIn{b.seq, b.pos, b.tokens, b.act, b.wantLogits}, work->out);
-    work->end = Clock::now();
-  });
+  kj::Promise<void> computed = nullptr;
+  if (compute_ != nullptr) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    {
+      std::lock_guard<std::mutex> lock(merge_->m);
+      merge_->waiting.push_back({work, kj::mv(paf.fulfiller)});
+    }
+    compute_->post([merge = merge_, stage = stage_] { merge->drain(*stage); });
+    computed = kj::mv(paf.promise);
+  } else {
+    computed = enqueue([stage = stage_, work] { computeOne(*stage, *work); });
+  }
 
   // Sends go out in arrival order: after this batch's compute and the previous batch's send.
   auto downstream = std::make_shared<kj::Promise<void>>(nullptr);
@@ -272,12 +392,17 @@ kj::Promise<void> StageServer::forward(ForwardContext context) {
                         *downstream = req.send().ignoreResult();
                       }
                     }
-                    const double compute = seconds(work->end - work->start);
+                    const double compute = work->computeSeconds;
                     stats_.batches += 1;
+                    if (work->merged) {
+                      stats_.mergedBatches += 1;
+                      if (m_.merged) m_.merged->Increment();
+                    }
                     stats_.tokens += nTokens;
                     stats_.computeSeconds += compute;
                     stats_.transferSeconds += decodeSeconds + seconds(Clock::now() - tSend);
-                    // Idle time of the team between the previous batch and this one.
+                    // Idle time of the team between the previous batch and this one (none within
+                    // a merged batch: they share start and end).
                     if (busySeen_) stats_.waitSeconds += std::max(0.0, seconds(work->start - lastDone_));
                     stats_.bytesIn += inBytes;
                     stats_.bytesOut += outBytes;

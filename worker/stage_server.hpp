@@ -6,7 +6,9 @@
 // that link() set, and returns that call's promise, so the caller sees the whole remaining
 // pipeline finish. Batches, openSequence and closeSequence take effect in arrival order (one
 // FIFO of compute jobs; sends chained in the same order); while the team computes one batch the
-// loop receives the next and sends the previous. Errors in a request become kj FAILED exceptions
+// loop receives the next and sends the previous. Batches that arrive while the team is busy wait
+// together and run as one merged batch (one GEMM over all their tokens; every row is computed as
+// it would be alone), then their results go on as the separate batches they came in. Errors in a request become kj FAILED exceptions
 // carrying a one-line message; the stage state is untouched and the server keeps serving.
 #pragma once
 
@@ -42,6 +44,7 @@ struct StageInstruments {
   prometheus::Gauge* kvBytes = nullptr;           // tern_stage_kv_cache_bytes
   prometheus::Gauge* sequences = nullptr;         // tern_stage_sequences
   prometheus::Counter* errors = nullptr;          // tern_stage_request_errors_total
+  prometheus::Counter* merged = nullptr;          // tern_stage_merged_batches_total
 };
 
 // What a stage may hold: it refuses sequences beyond these (ShardSpec.maxSequences, nCtx).
@@ -97,6 +100,10 @@ class StageServer final : public proto::Stage::Server {
   // Where forward() sends its output: exactly one is set after link().
   kj::Maybe<proto::Stage::Client> next_;
   kj::Maybe<proto::Sink::Client> sink_;
+
+  // Batches waiting for the compute thread; it runs all that are waiting as one merged batch.
+  struct MergeQueue;
+  std::shared_ptr<MergeQueue> merge_;
 
   std::map<uint64_t, uint32_t> seqCtx_;  // open sequences -> their maxLen
   proto::StageStatsData stats_;
