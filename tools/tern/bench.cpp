@@ -363,6 +363,8 @@ BenchReport runModelBench(const ModelBenchOptions& o, const BenchLog& log) {
               for (const auto& st : stats[shards[si].worker]) {
                 if (st.layerBegin != sr.layerBegin || st.layerEnd != sr.layerEnd) continue;
                 sr.tokens = st.tokens;
+                sr.batches = st.batches;
+                sr.mergedBatches = st.mergedBatches;
                 sr.compute = wall > 0 ? std::min(1.0, st.computeSeconds / wall) : 0;
                 sr.transfer = wall > 0 ? std::min(1.0 - sr.compute, st.transferSeconds / wall) : 0;
               }
@@ -420,13 +422,15 @@ std::string formatMarkdown(const BenchReport& r) {
                     c.threads, c.sequences, c.nGen, c.aggregateTs(),
                     c.sequences ? c.aggregateTs() / c.sequences : 0.0, c.maxInFlight);
     }
-    out += "\n| sequences | stage | worker | numa | layers | tokens/s | compute | transfer | wait |\n";
-    out += "| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |\n";
+    out += "\n| sequences | stage | worker | numa | layers | tokens/s | compute | transfer | wait | batches (merged) |\n";
+    out += "| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n";
     for (const auto& c : r.concurrency) {
       for (const auto& s : c.stages) {
-        out += format("| %d | %zu | %s | %d | [%u, %u) | %.2f | %.1f%% | %.1f%% | %.1f%% |\n",
+        out += format("| %d | %zu | %s | %d | [%u, %u) | %.2f | %.1f%% | %.1f%% | %.1f%% | %llu (%llu) |\n",
                       c.sequences, s.stage, s.worker.c_str(), s.numaNode, s.layerBegin, s.layerEnd,
-                      s.tokensPerSecond, 100 * s.compute, 100 * s.transfer, 100 * s.wait);
+                      s.tokensPerSecond, 100 * s.compute, 100 * s.transfer, 100 * s.wait,
+                      static_cast<unsigned long long>(s.batches),
+                      static_cast<unsigned long long>(s.mergedBatches));
       }
     }
   }
@@ -484,6 +488,7 @@ std::string formatJson(const BenchReport& r) {
       stages.push_back({{"stage", s.stage}, {"worker", s.worker}, {"numa_node", s.numaNode},
                         {"layer_begin", s.layerBegin}, {"layer_end", s.layerEnd},
                         {"tokens", s.tokens}, {"tokens_per_second", s.tokensPerSecond},
+                        {"batches", s.batches}, {"merged_batches", s.mergedBatches},
                         {"compute", s.compute}, {"transfer", s.transfer}, {"wait", s.wait}});
     }
     j["stages"] = std::move(stages);

@@ -51,6 +51,8 @@ struct StageRow {
   int numaNode = -1;
   uint32_t layerBegin = 0, layerEnd = 0;
   uint64_t tokens = 0;        // tokens the stage processed
+  uint64_t batches = 0;       // micro-batches it served
+  uint64_t mergedBatches = 0; // of which computed merged with others that waited too
   double tokensPerSecond = 0; // tokens / wall time
   double compute = 0, transfer = 0, wait = 0;  // shares of the wall time (sum to 1)
 };
