@@ -41,26 +41,13 @@ std::string range(uint32_t begin, uint32_t end) {
 
 // The shard file of one stage: the model's metadata (and tern.shard.model_hash), the stage's
 // tensors copied from the mapped model.
-std::unique_ptr<gguf::Writer> shardWriter(const gguf::File& model, uint64_t hash,
-                                          const ShardPlacement& s) {
+std::unique_ptr<gguf::Writer> shardWriter(const gguf::File& model, const ModelConfig& cfg,
+                                          uint64_t hash, const ShardPlacement& s) {
   auto w = std::make_unique<gguf::Writer>(model.version(), model.alignment());
   for (const auto& [key, value] : model.metadata()) w->set(key, value);
   w->setString("tern.shard.model_hash", hex16(hash));
-  const bool hasOutput = model.findTensor(tensor_names::kOutput) != nullptr;
   auto keep = [&](const std::string& name) {
-    if (name == tensor_names::kTokenEmbd) return s.embed || (s.head && !hasOutput);
-    if (name == tensor_names::kOutputNorm || name == tensor_names::kOutput) return s.head;
-    if (name.rfind("blk.", 0) == 0) {
-      const size_t dot = name.find('.', 4);
-      if (dot == std::string::npos) return false;
-      try {
-        const unsigned long layer = std::stoul(name.substr(4, dot - 4));
-        return layer >= s.layerBegin && layer < s.layerEnd;
-      } catch (const std::exception&) {
-        return false;
-      }
-    }
-    return false;
+    return cfg.stageUses(name, s.layerBegin, s.layerEnd, s.embed, s.head);
   };
   for (const gguf::TensorInfo& t : model.tensors()) {
     if (!keep(t.name)) continue;
@@ -260,7 +247,7 @@ std::vector<proto::Stage::Client> Cluster::load(const gguf::File& model, const M
   uint64_t streamTotal = 0, streamDone = 0;
   if (opts.source != ShardSource::Path) {
     for (size_t i = 0; i < shards.size(); ++i) {
-      writers[i] = shardWriter(model, hash, shards[i]);
+      writers[i] = shardWriter(model, cfg, hash, shards[i]);
       streamTotal += writers[i]->totalBytes();
     }
   }

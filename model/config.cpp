@@ -123,6 +123,27 @@ ModelConfig ModelConfig::fromGguf(const gguf::File& f) {
 }
 
 void ModelConfig::validateTensors(const gguf::File& f) const {
+  validateTensors(f, 0, nLayer, true, true);
+}
+
+bool ModelConfig::stageUses(const std::string& name, uint32_t layerBegin, uint32_t layerEnd,
+                            bool embed, bool head) const {
+  if (name == tensor_names::kTokenEmbd) return embed || (head && tiedHead);
+  if (name == tensor_names::kOutputNorm || name == tensor_names::kOutput) return head;
+  if (name.rfind("blk.", 0) != 0) return false;
+  const size_t dot = name.find('.', 4);
+  if (dot == std::string::npos || dot == 4) return false;
+  uint32_t layer = 0;
+  for (size_t i = 4; i < dot; ++i) {
+    if (name[i] < '0' || name[i] > '9') return false;
+    layer = layer * 10 + uint32_t(name[i] - '0');
+    if (layer > (1u << 24)) return false;
+  }
+  return layer >= layerBegin && layer < layerEnd;
+}
+
+void ModelConfig::validateTensors(const gguf::File& f, uint32_t layerBegin, uint32_t layerEnd,
+                                  bool embed, bool head) const {
   auto check = [&](const std::string& name, std::vector<uint64_t> shape, Role role,
                    bool optional) {
     const gguf::TensorInfo* t = f.findTensor(name);
@@ -167,12 +188,14 @@ void ModelConfig::validateTensors(const gguf::File& f) const {
   };
 
   const uint64_t e = nEmbd, v = nVocab, ff = nFf, q = qDim(), kv = kvDim();
-  check(tensor_names::kTokenEmbd, {e, v}, Role::Embedding, false);
-  check(tensor_names::kOutputNorm, {e}, Role::Norm, false);
-  check(tensor_names::kOutput, {e, v}, Role::Embedding, true);
+  if (embed || (head && tiedHead)) check(tensor_names::kTokenEmbd, {e, v}, Role::Embedding, false);
+  if (head) {
+    check(tensor_names::kOutputNorm, {e}, Role::Norm, false);
+    check(tensor_names::kOutput, {e, v}, Role::Embedding, true);
+  }
   static constexpr const char* kProjs[] = {"attn_q", "attn_k", "attn_v", "attn_output",
                                            "ffn_gate", "ffn_up", "ffn_down"};
-  for (uint32_t i = 0; i < nLayer; ++i) {
+  for (uint32_t i = layerBegin; i < layerEnd && i < nLayer; ++i) {
     using tensor_names::layer;
     check(layer(i, "attn_norm.weight"), {e}, Role::Norm, false);
     check(layer(i, "attn_q.weight"), {e, q}, Role::Projection, false);

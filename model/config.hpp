@@ -50,6 +50,19 @@ struct ModelConfig {
   // give "tensor type X is not yet supported".
   void validateTensors(const gguf::File& f) const;
 
+  // The same checks for what one pipeline stage reads: layers [layerBegin, layerEnd), the token
+  // embedding when it embeds, the final norm and head when it holds the head (token_embd too for
+  // a tied head). Other tensors may be absent (a shard file holds only its stage's tensors).
+  // validateTensors(f) is this for [0, nLayer) with both.
+  void validateTensors(const gguf::File& f, uint32_t layerBegin, uint32_t layerEnd, bool embed,
+                       bool head) const;
+
+  // Whether such a stage reads the tensor `name`: blk.<i>.* for i in [layerBegin, layerEnd),
+  // token_embd when it embeds (or holds a tied head), output_norm and output when it holds the
+  // head. What a shard file carries and what a worker counts as the shard's weights.
+  bool stageUses(const std::string& name, uint32_t layerBegin, uint32_t layerEnd, bool embed,
+                 bool head) const;
+
   uint64_t nParams(const gguf::File& f) const;  // total elements of all tensors
   uint32_t qDim() const { return nHead * headDim; }
   uint32_t kvDim() const { return nHeadKv * headDim; }

@@ -234,9 +234,8 @@ Stage::Stage(std::shared_ptr<const gguf::File> file, const ModelConfig& cfg, Sta
   s.opts = opts;
   s.threads = opts.threads > 0 ? opts.threads : omp_get_max_threads();
   const gguf::File& f = *s.file;
-  // A shard file (written by the coordinator for one worker, marked by tern.shard.model_hash)
-  // holds only its stage's tensors: each is checked below as it is loaded.
-  if (!f.has("tern.shard.model_hash")) cfg.validateTensors(f);
+  // The tensors this stage reads (a shard file holds only those).
+  cfg.validateTensors(f, range.layerBegin, range.layerEnd, range.embed, range.head);
 
   const uint32_t d = cfg.nEmbd, qd = cfg.qDim(), kvd = cfg.kvDim(), ff = cfg.nFf;
   auto bitLinear = [&](const std::string& name, uint32_t k, uint32_t nOut) {

@@ -229,23 +229,6 @@ ops::HeadType parseHeadType(const std::string& s) {
   throw std::invalid_argument("headType '" + s + "' is not f16 or q8");
 }
 
-// Names of the tensors a shard needs: blk.<i>.* of its layers (matched by prefix), the
-// embedding for the first stage, the final norm and head for the last.
-bool shardNeeds(const std::string& name, const proto::ShardSpecData& spec, bool tiedHead) {
-  namespace tn = tensor_names;
-  if (name == tn::kTokenEmbd) return spec.embed || (spec.head && tiedHead);
-  if (name == tn::kOutputNorm || name == tn::kOutput) return spec.head;
-  if (name.rfind("blk.", 0) != 0) return false;
-  const size_t dot = name.find('.', 4);
-  if (dot == std::string::npos || dot == 4) return false;
-  uint32_t layer = 0;
-  for (size_t i = 4; i < dot; ++i) {
-    if (name[i] < '0' || name[i] > '9') return false;
-    layer = layer * 10 + uint32_t(name[i] - '0');
-    if (layer > (1u << 24)) return false;
-  }
-  return layer >= spec.layerBegin && layer < spec.layerEnd;
-}
 
 }  // namespace
 
@@ -519,17 +502,11 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   if (spec.layerEnd > cfg.nLayer) {
     fail("loadShard " + layers + ": the model has " + std::to_string(cfg.nLayer) + " layers");
   }
-  if (fromUpload) {
-    // A shard file holds only its own tensors: check those before anything is allocated.
-    auto need = [&](const std::string& name) {
-      if (!file->findTensor(name)) {
-        fail("loadShard " + layers + ": shard file " + path + " lacks tensor '" + name + "'");
-      }
-    };
-    namespace tn = tensor_names;
-    if (spec.embed) need(tn::kTokenEmbd);
-    if (spec.head) need(tn::kOutputNorm);
-    for (uint32_t i = spec.layerBegin; i < spec.layerEnd; ++i) need(tn::layer(i, "attn_q.weight"));
+  // The tensors this stage reads (a shard file holds only those), before anything is allocated.
+  try {
+    cfg.validateTensors(*file, spec.layerBegin, spec.layerEnd, spec.embed, spec.head);
+  } catch (const std::exception& e) {
+    fail("loadShard " + layers + ": " + e.what());
   }
 
   // Admission: weights + the KV budget must fit in what is free. Weights are counted once: the
@@ -537,7 +514,9 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   // pages are page cache the kernel can drop.
   uint64_t weightBytes = 0;
   for (const gguf::TensorInfo& t : file->tensors()) {
-    if (shardNeeds(t.name, spec, cfg.tiedHead)) weightBytes += t.nbytes;
+    if (cfg.stageUses(t.name, spec.layerBegin, spec.layerEnd, spec.embed, spec.head)) {
+      weightBytes += t.nbytes;
+    }
   }
   ops::StageOptions so;
   try {

@@ -356,3 +356,28 @@ TEST_CASE("config: bad tensors are rejected naming the tensor") {
   CHECK_NOTHROW(ModelConfig::fromGguf(*f).validateTensors(*f));
   CHECK(tensor_names::layer(3, "attn_q.weight") == "blk.3.attn_q.weight");
 }
+
+TEST_CASE("config: a stage checks and uses only its own tensors") {
+  Synth s;
+  s.skip = {"blk.1.ffn_up.weight", "output_norm.weight"};
+  auto f = s.write("stage.gguf");
+  ModelConfig c = ModelConfig::fromGguf(*f);
+  // Layer 0 with the embedding reads neither missing tensor.
+  CHECK_NOTHROW(c.validateTensors(*f, 0, 1, true, false));
+  checkThrows([&] { c.validateTensors(*f, 1, 2, false, false); },
+              "missing tensor 'blk.1.ffn_up.weight'");
+  checkThrows([&] { c.validateTensors(*f, 2, 2, false, true); },
+              "missing tensor 'output_norm.weight'");
+  checkThrows([&] { c.validateTensors(*f); }, "missing tensor 'output_norm.weight'");
+
+  CHECK(c.stageUses("blk.1.attn_q.weight", 1, 2, false, false));
+  CHECK_FALSE(c.stageUses("blk.1.attn_q.weight", 0, 1, true, false));
+  CHECK_FALSE(c.stageUses("blk.10.attn_q.weight", 1, 2, false, false));
+  CHECK_FALSE(c.stageUses("blk.x.attn_q.weight", 0, 2, false, false));
+  CHECK(c.stageUses("token_embd.weight", 0, 1, true, false));
+  CHECK_FALSE(c.stageUses("token_embd.weight", 1, 2, false, false));
+  CHECK(c.stageUses("output_norm.weight", 2, 2, false, true));
+  CHECK_FALSE(c.stageUses("output_norm.weight", 0, 2, true, false));
+  // A tied head reads the embedding matrix.
+  CHECK(c.stageUses("token_embd.weight", 2, 2, false, true) == c.tiedHead);
+}
