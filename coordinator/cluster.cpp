@@ -1,5 +1,6 @@
 #include "coordinator/cluster.hpp"
 
+#include "protocol/address.hpp"
 #include "protocol/hash.hpp"
 
 #include <capnp/rpc-twoparty.h>
@@ -71,27 +72,13 @@ std::vector<std::string> parseWorkerList(const std::string& list) {
     if (comma == std::string::npos) comma = list.size();
     const std::string entry = trim(list.substr(at, comma - at));
     at = comma + 1;
-    auto bad = [&](const std::string& why) {
-      throw std::invalid_argument("worker address '" + entry + "': " + why);
-    };
     if (entry.empty()) {
       throw std::invalid_argument("worker list '" + list + "': empty entry");
     }
-    size_t colon;
-    if (entry[0] == '[') {
-      const size_t close = entry.find(']');
-      if (close == std::string::npos || close == 1) bad("unterminated or empty [IPv6] host");
-      if (close + 1 >= entry.size() || entry[close + 1] != ':') bad("expected host:port");
-      colon = close + 1;
-    } else {
-      colon = entry.rfind(':');
-      if (colon == std::string::npos || colon == 0) bad("expected host:port");
-      if (entry.find(':') != colon) bad("an IPv6 host must be written [addr]:port");
-    }
-    const std::string port = entry.substr(colon + 1);
-    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-        std::stoul(port) == 0 || std::stoul(port) > 65535) {
-      bad("port must be a number in [1, 65535]");
+    try {
+      proto::parseHostPort(entry, 1);  // dialled: port 0 is no port
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("worker address '" + entry + "': " + e.what());
     }
     out.push_back(entry);
   }

@@ -1,6 +1,7 @@
 #include "worker/host.hpp"
 
 #include "kernels/dispatch.hpp"
+#include "protocol/address.hpp"
 #include "topology/bandwidth.hpp"
 #include "topology/binding.hpp"
 #include "topology/machine.hpp"
@@ -23,28 +24,6 @@ namespace tern::worker {
 namespace {
 
 // "host:port" or "[v6]:port" -> (host, port). Throws std::invalid_argument.
-std::pair<std::string, unsigned> splitHostPort(const std::string& s) {
-  const size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
-    throw std::invalid_argument("expected HOST:PORT");
-  }
-  std::string host = s.substr(0, colon);
-  const std::string portText = s.substr(colon + 1);
-  if (host.front() == '[') {
-    if (host.back() != ']') throw std::invalid_argument("expected [IPv6]:PORT");
-    host = host.substr(1, host.size() - 2);
-  } else if (host.find(':') != std::string::npos) {
-    throw std::invalid_argument("an IPv6 address needs brackets: [ADDRESS]:PORT");
-  }
-  unsigned port = 0;
-  for (char c : portText) {
-    if (c < '0' || c > '9') throw std::invalid_argument("port '" + portText + "' is not a number");
-    port = port * 10 + unsigned(c - '0');
-    if (port > 65535) throw std::invalid_argument("port " + portText + " is over 65535");
-  }
-  return {host, port};
-}
-
 std::string hostName() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
@@ -53,11 +32,6 @@ std::string hostName() {
 
 bool wildcard(const std::string& host) {
   return host == "*" || host == "0.0.0.0" || host == "::" || host.empty();
-}
-
-std::string joinHostPort(const std::string& host, unsigned port) {
-  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
-  return host + ":" + std::to_string(port);
 }
 
 void appendWarning(std::string& w, const std::string& more) {
@@ -191,13 +165,14 @@ void StopSignal::disarm() {
 void serve(const HostOptions& opts,
            const std::function<void(const proto::WorkerInfoData& info)>& onListening,
            std::shared_ptr<StopSignal> stop) {
-  std::string host;
-  unsigned port = 0;
+  proto::HostPort listen;
   try {
-    std::tie(host, port) = splitHostPort(opts.listen);
+    listen = proto::parseHostPort(opts.listen);  // port 0: any free port
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot listen on " + opts.listen + ": " + e.what());
   }
+  const std::string& host = listen.host;
+  const unsigned port = listen.port;
   auto io = kj::setupAsyncIo();
   // Binding, measuring and (later) loading and computing happen on the compute thread, the master
   // of the bound OpenMP team; this thread only does I/O. Declared after io: it is stopped (its
@@ -215,7 +190,7 @@ void serve(const HostOptions& opts,
                              std::string(e->getDescription().cStr()));
   }
   proto::WorkerInfoData info = std::move(placed.info);
-  info.address = joinHostPort(wildcard(host) ? info.host : host, listener->getPort());
+  info.address = proto::joinHostPort(wildcard(host) ? info.host : host, listener->getPort());
 
   WorkerOptions wo;
   wo.address = info.address;

@@ -4,6 +4,7 @@
 #include "tests/coordinator/engine_fixture.hpp"  // first: its pragma must precede kj's headers
 
 #include "coordinator/cluster.hpp"
+#include "protocol/address.hpp"
 #include "worker/host.hpp"
 
 #include <map>
@@ -25,6 +26,23 @@ TEST_CASE("cluster: worker lists, even shards and shards from a plan") {
                        "worker address 'box:99999': port must be a number in [1, 65535]",
                        std::invalid_argument);
   CHECK_THROWS_AS(coord::parseWorkerList("::1:80"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(coord::parseWorkerList("box:0"),
+                       "worker address 'box:0': port must be a number in [1, 65535]",
+                       std::invalid_argument);
+
+  // The parser behind --workers, --listen and --metrics: port 0 (any free port) is fine to
+  // listen on; IPv6 hosts lose their brackets and get them back when joined.
+  const proto::HostPort any = proto::parseHostPort("[::1]:0");
+  CHECK(any.host == "::1");
+  CHECK(any.port == 0);
+  CHECK(proto::joinHostPort(any.host, 7000) == "[::1]:7000");
+  CHECK(proto::joinHostPort("10.0.0.2", 7000) == "10.0.0.2:7000");
+  CHECK_THROWS_WITH_AS(proto::parseHostPort("[::1"), "unterminated or empty [IPv6] host",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(proto::parseHostPort("host:7x"), "port must be a number in [0, 65535]",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(proto::parseHostPort("host:"), "port must be a number in [0, 65535]",
+                       std::invalid_argument);
 
   const auto even = coord::evenShards(5, 2, 3);  // worker 0: stage 0, worker 1: stages 1, 2
   REQUIRE(even.size() == 3);

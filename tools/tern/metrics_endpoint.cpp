@@ -1,5 +1,7 @@
 #include "tools/tern/metrics_endpoint.hpp"
 
+#include "protocol/address.hpp"
+
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
@@ -15,9 +17,11 @@ namespace tern::cli {
 
 MetricsEndpoint::MetricsEndpoint(const std::string& address, const std::string& role)
     : registry_(std::make_shared<prometheus::Registry>()) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
-    throw std::runtime_error("--metrics wants HOST:PORT (got \"" + address + "\")");
+  proto::HostPort hp;
+  try {
+    hp = proto::parseHostPort(address);  // port 0: any free port
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error("--metrics wants HOST:PORT (got \"" + address + "\"): " + e.what());
   }
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
@@ -25,8 +29,7 @@ MetricsEndpoint::MetricsEndpoint(const std::string& address, const std::string& 
     throw std::runtime_error("cannot serve metrics on " + address + ": " + e.what());
   }
   const auto ports = exposer_->GetListeningPorts();
-  address_ = address.substr(0, colon + 1) + (ports.empty() ? address.substr(colon + 1)
-                                                           : std::to_string(ports.front()));
+  address_ = proto::joinHostPort(hp.host, ports.empty() ? hp.port : ports.front());
   exposer_->RegisterCollectable(registry_);
 
   prometheus::BuildGauge()

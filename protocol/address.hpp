@@ -1,0 +1,23 @@
+// Addresses of tern's processes on the wire: "host:port", "[IPv6]:port". One parser for what
+// workers listen on (--listen), what the coordinator dials (--workers, NextHop.remote) and the
+// metrics endpoints.
+#pragma once
+
+#include <string>
+
+namespace tern::proto {
+
+struct HostPort {
+  std::string host;  // without the brackets of an IPv6 literal
+  unsigned port = 0;
+};
+
+// Throws std::invalid_argument with the reason alone (the caller names the flag or entry):
+// "expected host:port", "unterminated or empty [IPv6] host", "an IPv6 host must be written
+// [addr]:port", "port must be a number in [minPort, 65535]".
+HostPort parseHostPort(const std::string& text, unsigned minPort = 0);
+
+// "host:port", with brackets around an IPv6 host.
+std::string joinHostPort(const std::string& host, unsigned port);
+
+}  // namespace tern::proto
