@@ -25,11 +25,6 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
-std::string hex16(uint64_t x) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(x));
-  return buf;
-}
 
 std::string range(uint32_t begin, uint32_t end) {
   std::string s = "[";
@@ -46,7 +41,7 @@ std::unique_ptr<gguf::Writer> shardWriter(const gguf::File& model, const ModelCo
                                           uint64_t hash, const ShardPlacement& s) {
   auto w = std::make_unique<gguf::Writer>(model.version(), model.alignment());
   for (const auto& [key, value] : model.metadata()) w->set(key, value);
-  w->setString("tern.shard.model_hash", hex16(hash));
+  w->setString(proto::kShardModelHashKey, proto::hashHex(hash));
   auto keep = [&](const std::string& name) {
     return cfg.stageUses(name, s.layerBegin, s.layerEnd, s.embed, s.head);
   };

@@ -77,8 +77,7 @@ class LogitsSink final : public proto::Sink::Server {
       err = std::string("deliver: ") + e.what();
     }
     if (!err.empty()) {
-      kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                                            kj::heapString(err.c_str())));
+      proto::throwRpcError(err);
     }
     return kj::READY_NOW;
   }

@@ -169,4 +169,14 @@ std::string formatBytes(uint64_t n) {
   return buf;
 }
 
+std::string humanBytes(uint64_t n) {
+  char buf[48];
+  const double x = static_cast<double>(n);
+  if (n >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", x / double(1ull << 30));
+  else if (n >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", x / double(1ull << 20));
+  else if (n >= (1ull << 10)) std::snprintf(buf, sizeof buf, "%.1f KiB", x / 1024.0);
+  else std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(n));
+  return buf;
+}
+
 }  // namespace tern

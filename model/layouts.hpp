@@ -68,5 +68,8 @@ LayoutSize layoutSize(const Layout& l);
 // "1.2 M"; formatBytes(25514459136) = "25.51 GB".
 std::string formatCount(uint64_t n);
 std::string formatBytes(uint64_t n);
+// Binary units, for memory and files: humanBytes(1277952) = "1.22 MiB"; "1.19 GiB", "12.0 KiB",
+// "100 bytes".
+std::string humanBytes(uint64_t n);
 
 }  // namespace tern

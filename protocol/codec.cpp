@@ -44,6 +44,13 @@ void checkLength(size_t got, size_t n, const char* field) {
 
 }  // namespace
 
+kj::Exception rpcError(const std::string& message) {
+  return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                       kj::heapString(message.c_str()));
+}
+
+void throwRpcError(const std::string& message) { kj::throwFatalException(rpcError(message)); }
+
 void validateBatch(const BatchData& b) {
   const size_t n = b.seq.size();
   if (n == 0) bad("batch.seqIds: empty batch");

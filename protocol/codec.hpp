@@ -116,6 +116,11 @@ ShardSpecData readShardSpec(ShardSpec::Reader in);
 void writeStageStats(const StageStatsData& in, StageStats::Builder out);
 StageStatsData readStageStats(StageStats::Reader in);
 
+// A refused request as it crosses the wire: a kj FAILED exception carrying one line, which the
+// caller sees as the RPC's error.
+kj::Exception rpcError(const std::string& message);
+[[noreturn]] void throwRpcError(const std::string& message);
+
 // Throws std::invalid_argument unless the batch is well formed (see tern.capnp: equal list
 // lengths, n > 0, exactly one of tokens / activations, act.size() == n * nEmbd).
 void validateBatch(const BatchData& b);

@@ -1,6 +1,8 @@
 #include "protocol/hash.hpp"
 
 #include <bit>
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 
 namespace tern::proto {
@@ -80,6 +82,12 @@ uint64_t hash64(std::span<const std::byte> bytes, uint64_t seed) {
   Hasher h(seed);
   h.update(bytes);
   return h.digest();
+}
+
+std::string hashHex(uint64_t hash) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, hash);
+  return buf;
 }
 
 }  // namespace tern::proto

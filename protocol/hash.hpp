@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 
 namespace tern::proto {
 
@@ -28,5 +29,12 @@ class Hasher {
 };
 
 uint64_t hash64(std::span<const std::byte> bytes, uint64_t seed = 0);
+
+// A hash as written in names and metadata: 16 lowercase hex digits.
+std::string hashHex(uint64_t hash);
+
+// The metadata key of a shard file (written by the coordinator for one stage) that holds the
+// whole model's hash (hashHex of ShardSpec.modelHash).
+inline constexpr const char* kShardModelHashKey = "tern.shard.model_hash";
 
 }  // namespace tern::proto

@@ -1,5 +1,7 @@
 #include "worker/compute_thread.hpp"
 
+#include "protocol/codec.hpp"
+
 #include <memory>
 #include <string>
 #include <utility>
@@ -50,11 +52,9 @@ kj::Promise<void> ComputeThread::run(std::function<void()> fn) {
       fn();
       (*fulfiller)->fulfill();
     } catch (const std::exception& e) {
-      (*fulfiller)->reject(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                                      kj::heapString(e.what())));
+      (*fulfiller)->reject(proto::rpcError(e.what()));
     } catch (...) {
-      (*fulfiller)->reject(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                                      kj::heapString("compute job failed")));
+      (*fulfiller)->reject(proto::rpcError("compute job failed"));
     }
   });
   return kj::mv(paf.promise);

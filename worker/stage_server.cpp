@@ -13,10 +13,7 @@
 namespace tern::worker {
 namespace {
 
-[[noreturn]] void fail(const std::string& msg) {
-  kj::throwFatalException(
-      kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::heapString(msg.c_str())));
-}
+[[noreturn]] void fail(const std::string& msg) { proto::throwRpcError(msg); }
 
 // Runs f, turning std exceptions (bad input found by codec or ops) into kj FAILED exceptions
 // that carry the message over the wire.
@@ -123,8 +120,7 @@ struct StageServer::MergeQueue {
     }
     if (take.empty()) return;  // an earlier drain took this call's batch
     auto reject = [](Entry& e, const char* what) {
-      e.done->reject(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                                   kj::heapString(what)));
+      e.done->reject(proto::rpcError(what));
     };
     if (take.size() > 1) {
       std::vector<Work*> ws;
@@ -212,7 +208,7 @@ kj::Promise<void> StageServer::enqueue(std::function<void()> fn) {
   try {
     fn();
   } catch (const std::exception& e) {
-    return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::heapString(e.what()));
+    return proto::rpcError(e.what());
   }
   return kj::READY_NOW;
 }

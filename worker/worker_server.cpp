@@ -2,6 +2,7 @@
 
 #include "model/config.hpp"
 #include "model/gguf.hpp"
+#include "model/layouts.hpp"
 #include "protocol/hash.hpp"
 #include "worker/metrics.hpp"
 
@@ -24,31 +25,15 @@ namespace tern::worker {
 
 namespace {
 
+using proto::throwRpcError;
+[[noreturn]] void fail(const std::string& msg) { throwRpcError(msg); }
+
 namespace fs = std::filesystem;
 
 constexpr uint64_t kMaxChunkBytes = 16ull << 20;  // Upload.write: at most 16 MiB per chunk
 
-[[noreturn]] void fail(const std::string& msg) {
-  kj::throwFatalException(
-      kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::heapString(msg.c_str())));
-}
 
-std::string hex16(uint64_t x) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, x);
-  return buf;
-}
 
-// "1.19 GiB", "3.50 MiB", "12.0 KiB", "100 bytes".
-std::string humanBytes(uint64_t b) {
-  char buf[48];
-  const double x = double(b);
-  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", x / double(1ull << 30));
-  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", x / double(1ull << 20));
-  else if (b >= (1ull << 10)) std::snprintf(buf, sizeof buf, "%.1f KiB", x / 1024.0);
-  else std::snprintf(buf, sizeof buf, "%" PRIu64 " bytes", b);
-  return buf;
-}
 
 std::string rangeText(uint32_t begin, uint32_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
@@ -145,7 +130,7 @@ class UploadServer final : public proto::Upload::Server {
     auto p = context.getParams();
     const uint64_t offset = p.getOffset();
     auto data = p.getData();
-    const std::string what = "upload of shard " + hex16(hash_);
+    const std::string what = "upload of shard " + proto::hashHex(hash_);
     if (finished_) fail(what + ": write after finish");
     if (offset != received_) {
       fail(what + ": chunk at offset " + std::to_string(offset) + ", expected offset " +
@@ -174,7 +159,7 @@ class UploadServer final : public proto::Upload::Server {
   }
 
   kj::Promise<void> finish(FinishContext) override {
-    const std::string what = "upload of shard " + hex16(hash_);
+    const std::string what = "upload of shard " + proto::hashHex(hash_);
     if (finished_) fail(what + ": finished twice");
     if (received_ != bytes_) {
       fail(what + ": received " + std::to_string(received_) + " bytes, declared " +
@@ -182,8 +167,8 @@ class UploadServer final : public proto::Upload::Server {
     }
     const uint64_t got = hasher_.digest();
     if (got != hash_) {
-      fail(what + ": content hash " + hex16(got) + " differs from the declared " + hex16(hash_) +
-           " (damaged in transit or a different file)");
+      fail(what + ": content hash " + proto::hashHex(got) + " differs from the declared " +
+           proto::hashHex(hash_) + " (damaged in transit or a different file)");
     }
     if (::close(fd_) != 0) {
       fd_ = -1;
@@ -276,7 +261,7 @@ struct WorkerServer::Impl {
   }
 
   std::string uploadPath(uint64_t hash) const {
-    return (fs::path(cacheDir) / ("shard-" + hex16(hash) + ".gguf")).string();
+    return (fs::path(cacheDir) / ("shard-" + proto::hashHex(hash) + ".gguf")).string();
   }
 
   static proto::Stage::Client gate(const std::shared_ptr<ShardSlot>& slot) {
@@ -427,7 +412,7 @@ kj::Promise<void> WorkerServer::upload(UploadContext context) {
   auto p = context.getParams();
   const uint64_t bytes = p.getBytes(), hash = p.getContentHash();
   const std::string path = w.uploadPath(hash);
-  if (bytes == 0) fail("upload of shard " + hex16(hash) + ": 0 bytes");
+  if (bytes == 0) fail("upload of shard " + proto::hashHex(hash) + ": 0 bytes");
   std::error_code ec;
   const auto size = fs::file_size(path, ec);
   auto results = context.getResults();
@@ -436,7 +421,7 @@ kj::Promise<void> WorkerServer::upload(UploadContext context) {
     return kj::READY_NOW;
   }
   if (w.uploading->count(hash)) {
-    fail("upload of shard " + hex16(hash) + ": another upload of it is in progress");
+    fail("upload of shard " + proto::hashHex(hash) + ": another upload of it is in progress");
   }
   try {
     results.setUpload(kj::heap<UploadServer>(path, bytes, hash, w.uploading));
@@ -462,7 +447,7 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   const bool fromUpload = spec.sourcePath.empty();
   const std::string path = fromUpload ? w.uploadPath(spec.sourceUpload) : spec.sourcePath;
   if (fromUpload && !fs::exists(path)) {
-    fail("loadShard " + layers + ": no uploaded shard " + hex16(spec.sourceUpload) +
+    fail("loadShard " + layers + ": no uploaded shard " + proto::hashHex(spec.sourceUpload) +
          " on this worker (upload it first)");
   }
   try {
@@ -471,26 +456,26 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
     fail("loadShard " + layers + ": " + e.what());
   }
   if (fromUpload) {
-    const std::string want = hex16(spec.modelHash);
+    const std::string want = proto::hashHex(spec.modelHash);
     std::string got;
     try {
-      got = file->getStringOr("tern.shard.model_hash", "");
+      got = file->getStringOr(proto::kShardModelHashKey, "");
     } catch (const std::exception& e) {
       fail("loadShard " + layers + ": " + e.what());
     }
     if (got.empty()) {
       fail("loadShard " + layers + ": uploaded file " + path +
-           " is not a shard (no tern.shard.model_hash)");
+           " is not a shard (no " + std::string(proto::kShardModelHashKey) + ")");
     }
     if (got != want) {
-      fail("loadShard " + layers + ": uploaded shard " + hex16(spec.sourceUpload) +
+      fail("loadShard " + layers + ": uploaded shard " + proto::hashHex(spec.sourceUpload) +
            " belongs to model " + got + ", expected " + want);
     }
   } else {
     const uint64_t h = proto::hash64(file->bytes(0, file->dataOffset()));
     if (h != spec.modelHash) {
-      fail("model at " + path + " is not the coordinator's model (hash " + hex16(h) +
-           ", expected " + hex16(spec.modelHash) + ")");
+      fail("model at " + path + " is not the coordinator's model (hash " + proto::hashHex(h) +
+           ", expected " + proto::hashHex(spec.modelHash) + ")");
     }
   }
   ModelConfig cfg;

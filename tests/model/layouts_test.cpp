@@ -131,6 +131,10 @@ TEST_CASE("layouts: 100B sizes") {
   CHECK(s.tensorBytes > 99'958'652'928ull / 4 + 32002ull * 8192 * 2);
   CHECK(s.tensorBytes < 25'600'000'000ull);
   CHECK(formatBytes(25'514'459'136ull) == "25.51 GB");
+  CHECK(humanBytes(1'277'952) == "1.22 MiB");
+  CHECK(humanBytes(1ull << 30) == "1.00 GiB");
+  CHECK(humanBytes(12'288) == "12.0 KiB");
+  CHECK(humanBytes(100) == "100 bytes");
   // Untied head: Llama3-8B has an output tensor.
   auto t = layoutTensors(*findLayout("Llama3-8B-1.58"));
   CHECK(t.back().name == "output.weight");

@@ -167,11 +167,6 @@ std::string kib(uint64_t b) {
   return buf;
 }
 
-std::string hex16(uint64_t x) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, x);
-  return buf;
-}
 
 bool sameBits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -233,8 +228,8 @@ TEST_CASE("worker: loadShard refuses a different model, a missing range and what
   auto& ws = io.waitScope;
 
   std::string err = rpcError(ws, [&] { return loadAsync(c, spec(hash ^ 1, 0, 5, true, true)).ignoreResult(); });
-  CHECK_ERROR(err, "model at " + kModel + " is not the coordinator's model (hash " + hex16(hash) +
-                       ", expected " + hex16(hash ^ 1) + ")");
+  CHECK_ERROR(err, "model at " + kModel + " is not the coordinator's model (hash " + proto::hashHex(hash) +
+                       ", expected " + proto::hashHex(hash ^ 1) + ")");
 
   err = rpcError(ws, [&] { return loadAsync(c, spec(hash, 2, 9, false, true)).ignoreResult(); });
   CHECK_ERROR(err, "the model has 5 layers");
@@ -494,7 +489,7 @@ TEST_CASE("worker: uploads are checked, cached, and load as shards; unloaded sha
   // The shard file of layers [2, 5) with the head, as the coordinator writes it.
   gguf::Writer wr(3, file->alignment());
   for (const auto& [key, value] : file->metadata()) wr.set(key, value);
-  wr.setString("tern.shard.model_hash", hex16(hash));
+  wr.setString(proto::kShardModelHashKey, proto::hashHex(hash));
   for (const gguf::TensorInfo& t : file->tensors()) {
     const bool layer = t.name.rfind("blk.2.", 0) == 0 || t.name.rfind("blk.3.", 0) == 0 ||
                        t.name.rfind("blk.4.", 0) == 0;
@@ -542,7 +537,7 @@ TEST_CASE("worker: uploads are checked, cached, and load as shards; unloaded sha
     auto r = startUpload(shardHash ^ 0xff, shard.size());
     REQUIRE(!r.getCached());
     auto up = r.getUpload();
-    CHECK_ERROR(rpcError(ws, [&] { return sendAll(up); }), "content hash " + hex16(shardHash));
+    CHECK_ERROR(rpcError(ws, [&] { return sendAll(up); }), "content hash " + proto::hashHex(shardHash));
   }
   // Out of order, oversized and past the declared size: each refused. write() is a streaming
   // call: its error may surface on a later call of the same upload (here finish()).
@@ -576,7 +571,7 @@ TEST_CASE("worker: uploads are checked, cached, and load as shards; unloaded sha
   upSpec.sourcePath.clear();
   upSpec.sourceUpload = shardHash;
   CHECK_ERROR(rpcError(ws, [&] { return loadAsync(c, upSpec).ignoreResult(); }),
-              "no uploaded shard " + hex16(shardHash));
+              "no uploaded shard " + proto::hashHex(shardHash));
 
   // The right hash: kept, then cached.
   {
@@ -591,7 +586,7 @@ TEST_CASE("worker: uploads are checked, cached, and load as shards; unloaded sha
   auto otherModel = upSpec;
   otherModel.modelHash = hash ^ 2;
   CHECK_ERROR(rpcError(ws, [&] { return loadAsync(c, otherModel).ignoreResult(); }),
-              "belongs to model " + hex16(hash));
+              "belongs to model " + proto::hashHex(hash));
 
   // Loaded from the upload, it computes what the same layers from the whole file compute.
   Loaded fromUpload = load(c, ws, upSpec);

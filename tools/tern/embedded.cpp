@@ -22,14 +22,6 @@ OpenedModel openModel(const std::string& path) {
   return m;
 }
 
-std::string humanBytes(uint64_t b) {
-  char buf[64];
-  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
-  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", b / double(1ull << 20));
-  else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-  return buf;
-}
-
 std::string typeSummary(const gguf::File& f) {
   std::map<std::string, int> counts;
   for (const auto& t : f.tensors()) counts[tensorTypeName(t.type)]++;

@@ -4,6 +4,7 @@
 
 #include "model/config.hpp"
 #include "model/gguf.hpp"
+#include "model/layouts.hpp"  // humanBytes
 #include "model/tokenizer.hpp"
 
 #include <cstdint>
@@ -24,8 +25,6 @@ struct OpenedModel {
 // for a file the config or tokenizer cannot use.
 OpenedModel openModel(const std::string& path);
 
-// "1.19 GiB", "3.20 MiB", "12.0 KiB" (binary units).
-std::string humanBytes(uint64_t bytes);
 // Tensor types with counts: "F16 x1, F32 x25, TERN_T2 x84".
 std::string typeSummary(const gguf::File& f);
 // Types of the layers' projection tensors (blk.N.*.weight other than norms), e.g. "TERN_T2" or
