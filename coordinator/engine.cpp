@@ -640,4 +640,6 @@ uint32_t Engine::position(uint64_t seqId) const {
 
 Engine::Counters Engine::counters() const { return impl_->counters; }
 
+void Engine::resetCounters() { impl_->counters = {}; }
+
 }  // namespace tern::coord

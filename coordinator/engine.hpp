@@ -111,7 +111,7 @@ class Engine {
   uint32_t nCtx() const { return opts_.nCtx; }
   size_t stages() const { return stages_.size(); }
 
-  // Over the engine's life: micro-batches sent, tokens in them, the largest number of
+  // Since construction or resetCounters(): micro-batches sent, tokens in them, the largest number of
   // micro-batches that were in flight at once, and the most sequences one micro-batch carried.
   struct Counters {
     uint64_t batches = 0, tokens = 0;
@@ -119,6 +119,7 @@ class Engine {
     uint32_t maxSequencesInBatch = 0;
   };
   Counters counters() const;
+  void resetCounters();  // from now on (e.g. a benchmark's timed part)
 
  private:
   struct Impl;

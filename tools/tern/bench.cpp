@@ -329,7 +329,7 @@ BenchReport runModelBench(const ModelBenchOptions& o, const BenchLog& log) {
             }
             eng.run();
             pipeline.cluster().stats(true);
-            const auto before = eng.counters();
+            eng.resetCounters();
             uint64_t sampled = 0;
             const auto t0 = Clock::now();
             for (int i = 0; i < seqs; ++i) {
@@ -350,7 +350,6 @@ BenchReport runModelBench(const ModelBenchOptions& o, const BenchLog& log) {
             c.tokens = sampled;
             c.seconds = wall;
             c.maxInFlight = eng.counters().maxInFlight;
-            (void)before;
             const auto& shards = pipeline.shards();
             for (size_t si = 0; si < shards.size(); ++si) {
               const auto& w = pipeline.cluster().workers()[shards[si].worker];
