@@ -11,7 +11,7 @@ class Exposer;
 class Registry;
 }  // namespace prometheus
 
-namespace tern::cli {
+namespace tern::runtime {
 
 class MetricsEndpoint {
  public:
@@ -31,4 +31,4 @@ class MetricsEndpoint {
   std::string address_;
 };
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

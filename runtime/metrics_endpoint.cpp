@@ -1,4 +1,4 @@
-#include "tools/tern/metrics_endpoint.hpp"
+#include "runtime/metrics_endpoint.hpp"
 
 #include "protocol/address.hpp"
 
@@ -13,7 +13,7 @@
 #define TERN_BUILD_COMMIT "unknown"
 #endif
 
-namespace tern::cli {
+namespace tern::runtime {
 
 MetricsEndpoint::MetricsEndpoint(const std::string& address, const std::string& role)
     : registry_(std::make_shared<prometheus::Registry>()) {
@@ -48,4 +48,4 @@ MetricsEndpoint::MetricsEndpoint(const std::string& address, const std::string& 
 
 MetricsEndpoint::~MetricsEndpoint() = default;
 
-}  // namespace tern::cli
+}  // namespace tern::runtime
