@@ -13,6 +13,10 @@ class Registry;
 
 namespace tern::runtime {
 
+// Registers tern_build_info (version, commit, role) and tern_process_start_time_seconds: every
+// tern process's registry carries them.
+void registerProcessInfo(prometheus::Registry& registry, const std::string& role);
+
 class MetricsEndpoint {
  public:
   // address "host:port" (port 0 = any free port). Throws std::runtime_error

@@ -328,8 +328,14 @@ Service::Service(OpenedModel model, ServiceOptions opts, topo::Machine machine)
   cv.wait(lock, [&] { return up; });
 }
 
-Service::~Service() {
-  if (stop_) stop_->fulfill();
+Service::~Service() { stop(); }
+
+void Service::stop() {
+  std::lock_guard<std::mutex> lock(stopMu_);
+  if (stop_) {
+    stop_->fulfill();
+    stop_ = nullptr;
+  }
   if (thread_.joinable()) thread_.join();
 }
 
@@ -372,7 +378,10 @@ std::vector<uint64_t> Service::submit(std::vector<Submission> subs) {
 
 void Service::cancel(uint64_t handle) {
   if (state_.load() != State::Ready) return;
-  onLoop([&] { core_->cancel(handle); });
+  try {
+    onLoop([&] { core_->cancel(handle); });
+  } catch (...) {  // stopping: nothing is left to cancel
+  }
 }
 
 Service::Load Service::load() {

@@ -99,7 +99,10 @@ class Service {
 
   // Takes the opened model; starts loading on the service thread at once.
   Service(OpenedModel model, ServiceOptions opts, topo::Machine machine);
-  ~Service();  // cancels every generation (no more callbacks) and stops the thread
+  ~Service();  // stop()
+  // Cancels every generation (no callback runs after it returns) and stops the thread; later
+  // calls see state() Failed. Idempotent.
+  void stop();
   Service(const Service&) = delete;
   Service& operator=(const Service&) = delete;
 
@@ -139,6 +142,7 @@ class Service {
   uint32_t nCtx_ = 0;
   std::atomic<State> state_{State::Loading};
   mutable std::mutex mu_;
+  std::mutex stopMu_;
   std::string loadError_;
   std::vector<std::string> stageLines_;
   const kj::Executor* executor_ = nullptr;  // the service thread's, once it runs
