@@ -101,6 +101,12 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
                                     " tokens, the context is " + std::to_string(nCtx));
       }
       if (s.gen.maxTokens < 0) throw std::invalid_argument("max tokens must be >= 0");
+      for (TokenId id : s.gen.prompt) {
+        if (id < 0 || static_cast<uint32_t>(id) >= nVocab) {
+          throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                      std::to_string(nVocab));
+        }
+      }
     }
     std::vector<uint64_t> handles;
     for (auto& s : subs) {
@@ -248,6 +254,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
   const ServiceOptions& opts;
   uint32_t nCtx;
   const Tokenizer* modelTokenizer = nullptr;
+  uint32_t nVocab = 0;  // prompt ids must be below it
   std::map<uint64_t, Job> jobs;
   std::deque<uint64_t> waiting;
   size_t active = 0;   // jobs opening or running
@@ -290,6 +297,7 @@ Service::Service(OpenedModel model, ServiceOptions opts, topo::Machine machine)
       engine.serve();
       Core core(engine, opts_, nCtx_);
       core.modelTokenizer = model_.tokenizer.get();
+      core.nVocab = model_.cfg.nVocab;
       core.gauges();
       {
         std::lock_guard<std::mutex> lock(mu_);
