@@ -74,7 +74,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
     return it == jobs.end() ? nullptr : &it->second;
   }
 
-  size_t slotsUsed() const { return active + closing; }
+  size_t slotsUsed() const { return active + abandoned + closing; }
 
   void gauges() {
     if (waitingGauge) waitingGauge->Set(static_cast<double>(waiting.size()));
@@ -137,7 +137,11 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
       tasks.add(engine.openAsync(j->sub.gen.sampling)
                     .then([this, h](uint64_t seq) { opened(h, seq); },
                           [this, h](kj::Exception&& e) {
-                            --active;
+                            if (find(h)) {
+                              --active;
+                            } else {
+                              --abandoned;  // cancelled while opening
+                            }
                             fail(h, e.getDescription().cStr());
                             pump();
                           }));
@@ -148,7 +152,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
   void opened(uint64_t h, uint64_t seq) {
     Job* j = find(h);
     if (!j) {  // cancelled while opening
-      --active;
+      --abandoned;
       closeSeq(seq);
       return;
     }
@@ -224,7 +228,10 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
       closeSeq(j->seq);
     } else if (j->phase == Job::Phase::Waiting) {
       waiting.erase(std::remove(waiting.begin(), waiting.end(), h), waiting.end());
-    }  // Opening: opened() finds no job and closes the sequence
+    } else {  // Opening: no longer a generation; opened() finds no job and closes the sequence
+      --active;
+      ++abandoned;
+    }
     jobs.erase(h);
     gauges();
   }
@@ -262,6 +269,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
   std::map<uint64_t, Job> jobs;
   std::deque<uint64_t> waiting;
   size_t active = 0;   // jobs opening or running
+  size_t abandoned = 0;  // sequences opening for a job cancelled meanwhile (slots not free yet)
   size_t closing = 0;  // sequences being closed (their slots are not free yet)
   uint64_t nextHandle = 0;
   prometheus::Gauge* waitingGauge = nullptr;
