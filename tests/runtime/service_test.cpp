@@ -308,7 +308,10 @@ TEST_CASE("service: QueueFull past parallel + queue, all or nothing; cancel queu
   REQUIRE(eventually([&] { return a.calls() > 3; }));  // A is decoding
   svc->cancel(ha[0]);
   const int aCalls = a.calls();
-  CHECK(svc->load().running == 1);
+  // A counts nowhere now: B runs, D waits or (once A's slot is freed) runs.
+  l = svc->load();
+  CHECK(l.running + l.waiting == 2);
+  CHECK(l.running >= 1);
   // F, greedy and short, queues behind D; B is cancelled too once D has started.
   const auto gf = generation(tok, "The sun", 12, false);
   svc->submit({f.submission(gf)});
@@ -419,4 +422,54 @@ TEST_CASE("service: requests and KV gauges are non-zero mid-generation, zero aft
   CHECK(gauge(*registry, "tern_requests_waiting") == 0);
   CHECK(svc->load().kvUsage == 0);
   CHECK(svc->load().running == 0);
+}
+
+TEST_CASE("service: cancel right after submit (the sequence still opening) frees its slot; the destructor cancels the rest") {
+  auto svc = ready();
+  const Tokenizer& tok = *svc->model().tokenizer;
+  const auto g = longOne();
+  Record a, b;
+  const auto h = svc->submit({a.submission(g), b.submission(g)});
+  svc->cancel(h[0]);
+  const int aAtCancel = a.calls();
+  svc->cancel(h[1]);
+  const int bAtCancel = b.calls();
+  CHECK(svc->load().running == 0);  // at once, even where a sequence is still opening
+  // Both slots come back: two more run side by side and give their solo tokens.
+  const auto gx = generation(tok, "Tom and Sue", 15, true, 5), gy = generation(tok, "Mom said", 15, false);
+  Record x, y;
+  CHECK(eventually([&] {
+    try {
+      svc->submit({x.submission(gx), y.submission(gy)});
+      return true;
+    } catch (const runtime::QueueFull&) {
+      return false;
+    }
+  }));
+  REQUIRE(x.waitEnd());
+  REQUIRE(y.waitEnd());
+  const auto ref = generatorTokens({gx, gy});
+  CHECK(x.ids == ref[0]);
+  CHECK(y.ids == ref[1]);
+  CHECK(a.calls() == aAtCancel);  // nothing after cancel() returned
+  CHECK(b.calls() == bAtCancel);
+  {
+    std::lock_guard<std::mutex> la(a.mu), lb(b.mu);
+    CHECK(a.ends == 0);
+    CHECK(b.ends == 0);
+  }
+
+  // Destroyed mid-generation: no callback after the destructor returns.
+  Record c, d, e;
+  svc->submit({c.submission(g), d.submission(g), e.submission(g)});
+  REQUIRE(eventually([&] { return c.calls() > 3; }));
+  svc.reset();
+  const int cc = c.calls(), dc = d.calls(), ec = e.calls();
+  std::this_thread::sleep_for(50ms);
+  CHECK(c.calls() == cc);
+  CHECK(d.calls() == dc);
+  CHECK(e.calls() == ec);
+  std::lock_guard<std::mutex> lock(c.mu);
+  CHECK(c.ends == 0);
+  CHECK(c.ids.size() < 199);
 }
