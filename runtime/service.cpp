@@ -86,17 +86,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
   }
 
   std::vector<uint64_t> submit(std::vector<Submission> subs) {
-    // The free slots take generations at once; the queue holds the rest. Admission counts
-    // generations (running + waiting <= parallel + queue): a slot whose sequence is still being
-    // closed belongs to a generation that has ended (its onEnd already ran) and is free in a
-    // moment, so it must not shrink the room a client sees right after an end. Such waiters
-    // start when the close completes (pump()).
-    const size_t free = opts.parallel - std::min<size_t>(opts.parallel, active);
-    if (waiting.size() + subs.size() > opts.queue + free) {
-      throw QueueFull("the server is busy: " + std::to_string(active) + " generations running, " +
-                      std::to_string(waiting.size()) + " waiting (queue of " +
-                      std::to_string(opts.queue) + ")");
-    }
+    // Bad input is refused first, whatever the load.
     for (const auto& s : subs) {
       s.gen.sampling.validate();
       if (s.gen.prompt.empty()) throw std::invalid_argument("the prompt is empty");
@@ -111,6 +101,17 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
                                       std::to_string(nVocab));
         }
       }
+    }
+    // The free slots take generations at once; the queue holds the rest. Admission counts
+    // generations (running + waiting <= parallel + queue): a slot whose sequence is still being
+    // closed belongs to a generation that has ended (its onEnd already ran) and is free in a
+    // moment, so it must not shrink the room a client sees right after an end. Such waiters
+    // start when the close completes (pump()).
+    const size_t free = opts.parallel - std::min<size_t>(opts.parallel, active);
+    if (waiting.size() + subs.size() > opts.queue + free) {
+      throw QueueFull("the server is busy: " + std::to_string(active) + " generations running, " +
+                      std::to_string(waiting.size()) + " waiting (queue of " +
+                      std::to_string(opts.queue) + ")");
     }
     std::vector<uint64_t> handles;
     for (auto& s : subs) {
