@@ -498,8 +498,8 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   const unsigned threads = spec.threads > 0 ? std::min<unsigned>(spec.threads, teamThreads) : teamThreads;
   so.threads = int(threads);
   so.hugePages = true;
-  const uint64_t kvPerToken = uint64_t(2) * cfg.kvDim() * (spec.layerEnd - spec.layerBegin) *
-                              (so.kvType == ops::KvType::F16 ? 2 : 4);
+  const uint64_t kvPerToken = kvBytesPerPosition(cfg.kvDim(), spec.layerEnd - spec.layerBegin,
+                                                 ops::kvElementBytes(so.kvType));
   const uint64_t kvBudget = kvPerToken * spec.nCtx * spec.maxSequences;
   w.updateFree();
   const uint64_t freeBytes = w.info.freeBytes;

@@ -44,7 +44,7 @@ struct RunOptions {
   std::string prompt;
   std::string promptFile;
   int nPredict = 128;
-  int threads = 0;  // 0: Machine::defaultThreads()
+  int threads = 0;  // 0: each worker's cores (topo::threadsFor)
   int ctx = 0;      // 0: min(model context, 4096)
   float temp = 0.8f;
   int64_t seed = -1;  // < 0: random
@@ -147,7 +147,6 @@ void run(RunOptions o, const std::vector<std::string>& givenFlags) {
 
   const topo::Machine machine = topo::Machine::detect();
   std::fprintf(stderr, "machine: %s\n", machine.summary().c_str());
-  if (o.threads == 0) o.threads = static_cast<int>(machine.defaultThreads());
 
   const OpenedModel model = openModel(o.model);
   const auto& file = model.file;
