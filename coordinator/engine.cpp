@@ -1,6 +1,7 @@
 #include "coordinator/engine.hpp"
 
 #include "coordinator/metrics.hpp"
+#include "protocol/handshake.hpp"
 
 #include <kj/async.h>
 #include <kj/debug.h>
@@ -567,17 +568,7 @@ const std::vector<proto::StageInfoData>& Engine::hello() {
   if (!m.infos.empty()) return m.infos;
   std::vector<proto::StageInfoData> infos;
   try {
-    for (auto& stage : stages_) {
-      auto req = stage.helloRequest();
-      req.setVersion(proto::PROTOCOL_VERSION);
-      auto resp = req.send().wait(m.ws);
-      if (resp.getVersion() != proto::PROTOCOL_VERSION) {
-        throw std::runtime_error("protocol version mismatch: peer " +
-                                 std::to_string(resp.getVersion()) + ", ours " +
-                                 std::to_string(proto::PROTOCOL_VERSION));
-      }
-      infos.push_back(proto::readStageInfo(resp.getInfo()));
-    }
+    for (auto& stage : stages_) infos.push_back(proto::hello(stage).wait(m.ws));
   } catch (const kj::Exception& e) {
     throw std::runtime_error("stage hello: " + describe(e));
   }
