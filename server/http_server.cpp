@@ -1,6 +1,6 @@
 #include "server/http_server.hpp"
 
-#include "model/chat_template.hpp"
+#include "runtime/chat_session.hpp"
 #include "server/chat_page.hpp"
 #include "server/metrics.hpp"
 #include "server/openai.hpp"
@@ -99,7 +99,6 @@ struct HttpServer::Impl {
   tcp::acceptor acceptor;
   int64_t created;
   std::thread thread;
-  std::optional<ChatTemplate> chatTemplate;  // when the model has one
 
   void accept();
 };
@@ -371,14 +370,11 @@ class Session : public std::enable_shared_from_this<Session> {
     const Tokenizer& tok = *m.tokenizer;
     std::vector<TokenId> ids;
     if (r.endpoint == Endpoint::ChatCompletions) {
-      if (!srv_.chatTemplate) srv_.chatTemplate = ChatTemplate::forModel(*m.file, m.cfg.arch);
-      std::string text;
       try {
-        text = srv_.chatTemplate->apply(r.messages, true);
+        ids = runtime::renderChat(m, r.messages, /*addGenerationPrompt=*/true);
       } catch (const std::invalid_argument& e) {
         throw badRequest(e.what(), "messages");
       }
-      ids = tok.encode(text, /*addBos=*/true, /*parseSpecial=*/true);
     } else if (r.prompt) {
       ids = tok.encode(*r.prompt, /*addBos=*/true);
     } else {
