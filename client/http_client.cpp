@@ -174,16 +174,21 @@ struct HttpClient::Impl {
     open = false;
   }
 
-  std::string describe(const beast::error_code& ec, const std::string& what) const {
+  // One line for a failed step: action "reading the body of POST /x", prep "from".
+  std::string describe(const beast::error_code& ec, const std::string& action,
+                       const std::string& prep) const {
     if (ec == beast::error::timeout) {
-      return "timed out " + what + " " + url.hostPort() + " (after " +
+      return "timed out " + action + " " + prep + " " + url.hostPort() + " (after " +
              std::to_string(timeout.count()) + " ms)";
     }
     if (ec == http::error::end_of_stream || ec == asio::error::eof ||
         ec == asio::error::connection_reset) {
-      return url.hostPort() + " closed the connection (" + what + ")";
+      return url.hostPort() + " closed the connection (" + action + ")";
     }
-    return what + " " + url.hostPort() + ": " + ec.message();
+    if (ec == http::error::partial_message) {
+      return url.hostPort() + " closed the connection in the middle of a response (" + action + ")";
+    }
+    return action + " " + prep + " " + url.hostPort() + ": " + ec.message();
   }
 
   asio::awaitable<std::string> connect() {
@@ -196,7 +201,7 @@ struct HttpClient::Impl {
     if (ec) {
       stream.close();
       if (ec == asio::error::connection_refused) co_return "connection refused to " + url.hostPort();
-      co_return describe(ec, "connecting to");
+      co_return describe(ec, "connecting", "to");
     }
     stream.socket().set_option(tcp::no_delay(true), ec);
     buffer.clear();
@@ -229,7 +234,7 @@ struct HttpClient::Impl {
     co_await http::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       close();
-      r.error = describe(ec, "sending " + method + " " + target + " to");
+      r.error = describe(ec, "sending " + method + " " + target, "to");
       co_return r;
     }
     http::response_parser<http::buffer_body> parser;
@@ -239,7 +244,7 @@ struct HttpClient::Impl {
                                      asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       close();
-      r.error = describe(ec, "reading the response to " + method + " " + target + " from");
+      r.error = describe(ec, "reading the response to " + method + " " + target, "from");
       co_return r;
     }
     gotHead = true;
@@ -265,7 +270,7 @@ struct HttpClient::Impl {
       }
       if (ec) {
         close();
-        r.error = describe(ec, "reading the body of " + method + " " + target + " from");
+        r.error = describe(ec, "reading the body of " + method + " " + target, "from");
         co_return r;
       }
     }

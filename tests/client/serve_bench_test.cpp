@@ -40,6 +40,8 @@ enum class Mode {
   ErrorNamed,    // two tokens, then event: error
   Malformed,     // two tokens, then a chunk that is not JSON
   NoDone,        // tokens, then the end of the body without [DONE]
+  Truncated,     // tokens, then the connection closes inside the chunked body
+  CloseDelimited,  // as Ok, without chunked encoding: the body ends when the server closes
   Models401,     // GET /v1/models answers 401
 };
 
@@ -85,8 +87,13 @@ class TestServer {
   }
 
   // One HTTP chunk per piece, so a client sees the event text cut where the pieces are cut.
-  static asio::awaitable<void> chunk(beast::tcp_stream& s, std::string piece) {
-    co_await asio::async_write(s, http::make_chunk(asio::buffer(piece)), asio::use_awaitable);
+  // (CloseDelimited: the bytes as they are.)
+  asio::awaitable<void> chunk(beast::tcp_stream& s, std::string piece) {
+    if (raw_) {
+      co_await asio::async_write(s, asio::buffer(piece), asio::use_awaitable);
+    } else {
+      co_await asio::async_write(s, http::make_chunk(asio::buffer(piece)), asio::use_awaitable);
+    }
   }
 
   asio::awaitable<void> session(tcp::socket socket) {
@@ -128,12 +135,18 @@ class TestServer {
       }
       http::response<http::empty_body> res{http::status::ok, 11};
       res.set(http::field::content_type, "text/event-stream");
-      res.chunked(true);
-      const bool keep = b_.mode != Mode::CloseEach;
+      raw_ = b_.mode == Mode::CloseDelimited;
+      res.chunked(!raw_);
+      const bool keep = b_.mode != Mode::CloseEach && b_.mode != Mode::CloseDelimited;
       res.keep_alive(keep);
       http::response_serializer<http::empty_body> sr{res};
       co_await http::async_write_header(stream, sr, asio::use_awaitable);
       co_await chunk(stream, ": keep-alive comment\r\n");
+      if (b_.mode == Mode::Truncated) {
+        co_await chunk(stream, "data: {\"choices\":[{\"text\":\"a\"}]}\n\n");
+        stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+        co_return;
+      }
       const bool failMidway = b_.mode == Mode::ErrorData || b_.mode == Mode::ErrorNamed ||
                               b_.mode == Mode::Malformed;
       const int tokens = failMidway ? 2 : b_.tokens;
@@ -162,7 +175,7 @@ class TestServer {
         co_await chunk(stream, "data: " + u.dump() + "\n\n");
       }
       if (b_.mode != Mode::NoDone) co_await chunk(stream, "data: [DONE]\n\n");
-      co_await asio::async_write(stream, http::make_chunk_last(), asio::use_awaitable);
+      if (!raw_) co_await asio::async_write(stream, http::make_chunk_last(), asio::use_awaitable);
       if (!keep) {
         stream.socket().shutdown(tcp::socket::shutdown_send, ec);
         co_return;
@@ -171,6 +184,7 @@ class TestServer {
   }
 
   Behaviour b_;
+  bool raw_ = false;  // set per response (the sessions run on one thread)
   asio::io_context ioc_;
   tcp::acceptor acceptor_;
   unsigned short port_ = 0;
@@ -310,10 +324,24 @@ TEST_CASE("client serve: failures are counted as errors") {
 }
 
 TEST_CASE("client serve: a server closing every connection gets a new one per request") {
-  TestServer server({Mode::CloseEach, 2, 2, 0, 0});
+  for (Mode mode : {Mode::CloseEach, Mode::CloseDelimited}) {
+    CAPTURE(static_cast<int>(mode));
+    TestServer server({mode, 2, 2, 0, 0});
+    const ServeBenchReport r = runServeBench(options(server));
+    CHECK(r.rows.at(0).requests == 5);
+    CHECK(r.rows.at(0).errors == 0);
+    CHECK(r.rows.at(0).outputTokens == 5 * 2);
+    CHECK(server.connections() == 1 + 5);
+  }
+}
+
+TEST_CASE("client serve: a connection lost mid-stream is an error, the next request reconnects") {
+  TestServer server({Mode::Truncated, 2, 2, 0, 0});
   const ServeBenchReport r = runServeBench(options(server));
-  CHECK(r.rows.at(0).requests == 5);
-  CHECK(r.rows.at(0).errors == 0);
+  CHECK(r.rows.at(0).requests == 0);
+  CHECK(r.rows.at(0).errors == 5);
+  CAPTURE(r.rows.at(0).firstError);
+  CHECK(r.rows.at(0).firstError.find("closed the connection") != std::string::npos);
   CHECK(server.connections() == 1 + 5);
 }
 
