@@ -3,7 +3,10 @@
 #include "client/http_client.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
@@ -221,7 +224,36 @@ struct Level {
   std::vector<RequestSample> samples;
   std::string firstError;
   const std::function<void(const std::string&)>& log;
+  int active = 0;                         // client loops still running
+  asio::steady_timer* ticker = nullptr;   // the progress timer, cancelled by the last loop
 };
+
+// Ends a client loop however it ends; the last one stops the progress ticker.
+struct LoopGuard {
+  Level& L;
+  ~LoopGuard() {
+    if (--L.active == 0 && L.ticker) L.ticker->cancel();
+  }
+};
+
+// A progress line every 5 s while the client loops run.
+asio::awaitable<void> progress(Level& L) {
+  asio::steady_timer t(co_await asio::this_coro::executor);
+  L.ticker = &t;
+  while (L.active > 0) {
+    t.expires_after(std::chrono::seconds(5));
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (L.active == 0) break;
+    int errors = 0;
+    for (const RequestSample& s : L.samples) errors += !s.ok;
+    L.log(format("bench serve: prompt %d, concurrency %d: %.0f s, %zu requests done, %d errors",
+                 L.promptTokens, L.concurrency,
+                 std::chrono::duration<double>(Clock::now() - L.start).count(), L.samples.size(),
+                 errors));
+  }
+  L.ticker = nullptr;
+}
 
 std::string requestBody(const Level& L, std::mt19937_64& rng) {
   const ServeBenchOptions& o = L.o;
@@ -243,6 +275,7 @@ std::string requestBody(const Level& L, std::mt19937_64& rng) {
 }
 
 asio::awaitable<void> clientLoop(Level& L, int client) {
+  LoopGuard guard{L};
   const ServeBenchOptions& o = L.o;
   HttpClient http(co_await asio::this_coro::executor, L.url, o.apiKey,
                   std::chrono::milliseconds(static_cast<long long>(o.timeoutS * 1000)));
@@ -396,11 +429,13 @@ ServeBenchReport runServeBench(const ServeBenchOptions& o,
       L.deadline = L.start + std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::duration<double>(o.durationS));
       std::exception_ptr err;
+      L.active = c;
       for (int i = 0; i < c; ++i) {
         asio::co_spawn(ioc, clientLoop(L, i), [&err](std::exception_ptr e) {
           if (e && !err) err = e;
         });
       }
+      if (log) asio::co_spawn(ioc, progress(L), asio::detached);
       ioc.restart();
       ioc.run();
       if (err) std::rethrow_exception(err);
