@@ -64,8 +64,8 @@ std::string textPrompt(int words, std::mt19937_64& rng) {
   return s;
 }
 
-json idPrompt(int tokens, std::mt19937_64& rng) {
-  std::uniform_int_distribution<int> pick(100, 999);
+json idPrompt(int tokens, int lo, int hi, std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> pick(lo, hi);
   json a = json::array();
   for (int i = 0; i < tokens; ++i) a.push_back(pick(rng));
   return a;
@@ -269,7 +269,7 @@ std::string requestBody(const Level& L, std::mt19937_64& rng) {
   } else if (o.textPrompts) {
     b["prompt"] = textPrompt(L.promptTokens, rng);
   } else {
-    b["prompt"] = idPrompt(L.promptTokens, rng);
+    b["prompt"] = idPrompt(L.promptTokens, o.tokenIdMin, o.tokenIdMax, rng);
   }
   return b.dump();
 }
@@ -365,6 +365,10 @@ void checkOptions(const ServeBenchOptions& o) {
   if (o.promptTokens.empty()) bad("empty prompt length list");
   for (int p : o.promptTokens) {
     if (p < 1) bad("prompt tokens must be >= 1 (got " + std::to_string(p) + ")");
+  }
+  if (o.tokenIdMin < 0 || o.tokenIdMax < o.tokenIdMin) {
+    bad("token ids need 0 <= min <= max (got " + std::to_string(o.tokenIdMin) + "-" +
+        std::to_string(o.tokenIdMax) + ")");
   }
   if (o.maxTokens < 1) bad("max tokens must be >= 1 (got " + std::to_string(o.maxTokens) + ")");
   if (!(o.durationS >= 0)) bad("duration must be >= 0");

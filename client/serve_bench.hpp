@@ -11,9 +11,9 @@
 //   output tokens = usage.completion_tokens of the usage chunk, else the content chunks;
 //   error = a connection error, HTTP status != 200, an `error` event (or a chunk with an
 //           "error" member), a chunk that is not JSON, a stream without `data: [DONE]`.
-// Prompts: for /v1/completions an array of P token ids drawn from [100, 999] (exact length,
-// different for every request so that prefix caches do not help); with text prompts (always for
-// chat) P words drawn from a list of common one-token English words.
+// Prompts: for /v1/completions an array of P token ids drawn from [100, 999] by default (exact
+// length, different for every request so that prefix caches do not help); with text prompts
+// (always for chat) P words drawn from a list of common one-token English words.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +37,8 @@ struct ServeBenchOptions {
   std::string apiKey;                 // sent as "Authorization: Bearer KEY"
   double temperature = 0;
   bool textPrompts = false;           // completions: words instead of token ids
+  int tokenIdMin = 100;               // token-id prompts: ids drawn from [min, max]; keep them
+  int tokenIdMax = 999;               // below the model's vocabulary size
   bool ignoreEos = false;             // send "ignore_eos": true (llama.cpp, vLLM extension)
   uint64_t seed = 1234;               // prompt ids / words
   double timeoutS = 60;               // longest wait for connect or any read/write

@@ -383,6 +383,23 @@ TEST_CASE("client serve: chat endpoint and text prompts") {
   }
 }
 
+TEST_CASE("client serve: token ids from the range asked for") {
+  TestServer server({Mode::Ok, 2, 2, 0, 0});
+  ServeBenchOptions o = options(server);
+  o.tokenIdMin = 3;
+  o.tokenIdMax = 9;
+  o.promptTokens = {200};
+  runServeBench(o);
+  std::set<int> seen;
+  for (const auto& [target, body] : server.requests()) {
+    REQUIRE(body["prompt"].size() == 200);
+    for (const json& id : body["prompt"]) seen.insert(id.get<int>());
+  }
+  CHECK(*seen.begin() == 3);  // 1000 draws from 7 values reach both ends
+  CHECK(*seen.rbegin() == 9);
+  CHECK(seen.size() == 7);
+}
+
 TEST_CASE("client serve: duration bound") {
   TestServer server({Mode::Ok, 2, 2, 0, 5});
   ServeBenchOptions o = options(server);

@@ -60,6 +60,7 @@ struct ServeArgs {
   std::string apiKey;
   double temperature = 0;
   bool textPrompts = false;
+  std::string tokenIds = "100-999";
   bool ignoreEos = false;
   uint64_t seed = 1234;
   double timeout = 60;
@@ -139,6 +140,8 @@ void addBenchCommand(CLI::App& app) {
   scmd->add_option("--api-key", s->apiKey, "sent as Authorization: Bearer KEY");
   scmd->add_option("--temperature", s->temperature, "sampling temperature")->capture_default_str();
   scmd->add_flag("--text-prompts", s->textPrompts, "completions: prompts of words instead of token-id arrays");
+  scmd->add_option("--token-ids", s->tokenIds, "range LO-HI of the prompt token ids (below the vocabulary size)")
+      ->capture_default_str();
   scmd->add_flag("--ignore-eos", s->ignoreEos, "send \"ignore_eos\": true (llama.cpp, vLLM), so every request gives max-tokens");
   scmd->add_option("--seed", s->seed, "seed of the prompts")->capture_default_str();
   scmd->add_option("--timeout", s->timeout, "seconds to wait for a connection or any read")->capture_default_str();
@@ -158,6 +161,16 @@ void addBenchCommand(CLI::App& app) {
     o.apiKey = s->apiKey;
     o.temperature = s->temperature;
     o.textPrompts = s->textPrompts;
+    const size_t dash = s->tokenIds.find('-');
+    const std::vector<int> range = dash == std::string::npos
+        ? std::vector<int>{}
+        : std::vector<int>{parseIntList(s->tokenIds.substr(0, dash), "--token-ids", 0).at(0),
+                           parseIntList(s->tokenIds.substr(dash + 1), "--token-ids", 0).at(0)};
+    if (range.size() != 2 || range[0] > range[1]) {
+      throw std::invalid_argument("--token-ids: expected LO-HI with LO <= HI (got '" + s->tokenIds + "')");
+    }
+    o.tokenIdMin = range[0];
+    o.tokenIdMax = range[1];
     o.ignoreEos = s->ignoreEos;
     o.seed = s->seed;
     o.timeoutS = s->timeout;
