@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 job=${1:-demo}
 
 packages=(g++ meson ninja-build pkg-config capnproto libcapnp-dev libhwloc-dev hwloc
-          prometheus-cpp-dev doctest-dev libasio-dev nlohmann-json3-dev libcli11-dev
+          prometheus-cpp-dev doctest-dev libasio-dev nlohmann-json3-dev libcli11-dev libboost1.81-dev
           iproute2 curl)
 # test also cross-compiles the kernels for AArch64 and runs their tests under qemu-user.
 if [ "$job" = test ]; then packages+=(g++-aarch64-linux-gnu qemu-user); fi

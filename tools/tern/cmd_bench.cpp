@@ -1,10 +1,12 @@
 // tern bench: llama-bench for tern (see runtime/bench.hpp for what is measured).
 //   tern bench -m FILE [-m FILE2] [-p 512] [-n 128] [-t 1,2] [-r 5] [--kernels auto] [--json]
 //   tern bench kernels [-t 1,2] [--layout 2B4T] [--kernels avx512,ref] [-r 5]
+//   tern bench serve http://HOST:PORT [-c 1,8,32] [-p 128] [-n 32] [--duration 15] [--json]
 // The table (or JSON) goes to stdout, progress lines to stderr.
 #include "runtime/bench.hpp"
 #include "tools/tern/commands.hpp"
 
+#include "client/serve_bench.hpp"
 #include "coordinator/cluster.hpp"
 #include "kernels/dispatch.hpp"
 
@@ -44,6 +46,25 @@ struct KernelArgs {
   int reps = 5;
   uint64_t streamMib = 0;
   uint64_t bandwidthMib = 0;
+  bool json = false;
+};
+
+struct ServeArgs {
+  std::string url;
+  std::string concurrency = "1";
+  std::string promptTokens = "128";
+  int maxTokens = 32;
+  double duration = 15;
+  int requests = 0;
+  std::string endpoint = "completions";
+  std::string model;
+  std::string apiKey;
+  double temperature = 0;
+  bool textPrompts = false;
+  std::string tokenIds = "100-999";
+  bool ignoreEos = false;
+  uint64_t seed = 1234;
+  double timeout = 60;
   bool json = false;
 };
 
@@ -103,6 +124,60 @@ void addBenchCommand(CLI::App& app) {
   kcmd->add_option("--bw-mib", k->bandwidthMib, "bandwidth probe buffer in MiB (default: max(1 GiB, 8 x LLC))");
   kcmd->add_flag("--json", k->json, "print a JSON array instead of the table");
 
+  auto s = std::make_shared<ServeArgs>();
+  CLI::App* scmd = cmd->add_subcommand("serve", "load an OpenAI-compatible server: throughput, TTFT, TPOT");
+  scmd->add_option("url", s->url, "the server, http://HOST:PORT")->required();
+  scmd->add_option("-c,--concurrency", s->concurrency, "concurrent clients, comma list")
+      ->capture_default_str();
+  scmd->add_option("-p,--prompt-tokens", s->promptTokens, "prompt lengths in tokens, comma list")
+      ->capture_default_str();
+  scmd->add_option("-n,--max-tokens", s->maxTokens, "output tokens per request")->capture_default_str();
+  scmd->add_option("--duration", s->duration, "seconds per (prompt length, concurrency)")
+      ->capture_default_str();
+  scmd->add_option("--requests", s->requests, "requests per (prompt length, concurrency), instead of --duration");
+  scmd->add_option("--endpoint", s->endpoint, "completions | chat")
+      ->check(CLI::IsMember({"completions", "chat"}))->capture_default_str();
+  scmd->add_option("--model", s->model, "model name to send (default: the first of GET /v1/models)");
+  scmd->add_option("--api-key", s->apiKey, "sent as Authorization: Bearer KEY");
+  scmd->add_option("--temperature", s->temperature, "sampling temperature")->capture_default_str();
+  scmd->add_flag("--text-prompts", s->textPrompts, "completions: prompts of words instead of token-id arrays");
+  scmd->add_option("--token-ids", s->tokenIds, "range LO-HI of the prompt token ids (below the vocabulary size)")
+      ->capture_default_str();
+  scmd->add_flag("--ignore-eos", s->ignoreEos, "send \"ignore_eos\": true (llama.cpp, vLLM), so every request gives max-tokens");
+  scmd->add_option("--seed", s->seed, "seed of the prompts")->capture_default_str();
+  scmd->add_option("--timeout", s->timeout, "seconds to wait for a connection or any read")->capture_default_str();
+  scmd->add_flag("--json", s->json, "print a JSON array instead of the table");
+
+  scmd->callback([scmd, s] {
+    client::ServeBenchOptions o;
+    o.url = s->url;
+    o.concurrency = parseIntList(s->concurrency, "--concurrency", 1);
+    o.promptTokens = parseIntList(s->promptTokens, "--prompt-tokens", 1);
+    o.maxTokens = s->maxTokens;
+    // --requests alone bounds by count; with --duration as well, whichever comes first.
+    o.durationS = scmd->count("--requests") > 0 && scmd->count("--duration") == 0 ? 0 : s->duration;
+    o.requests = s->requests;
+    o.endpoint = s->endpoint == "chat" ? client::Endpoint::Chat : client::Endpoint::Completions;
+    o.model = s->model;
+    o.apiKey = s->apiKey;
+    o.temperature = s->temperature;
+    o.textPrompts = s->textPrompts;
+    const size_t dash = s->tokenIds.find('-');
+    const std::vector<int> range = dash == std::string::npos
+        ? std::vector<int>{}
+        : std::vector<int>{parseIntList(s->tokenIds.substr(0, dash), "--token-ids", 0).at(0),
+                           parseIntList(s->tokenIds.substr(dash + 1), "--token-ids", 0).at(0)};
+    if (range.size() != 2 || range[0] > range[1]) {
+      throw std::invalid_argument("--token-ids: expected LO-HI with LO <= HI (got '" + s->tokenIds + "')");
+    }
+    o.tokenIdMin = range[0];
+    o.tokenIdMax = range[1];
+    o.ignoreEos = s->ignoreEos;
+    o.seed = s->seed;
+    o.timeoutS = s->timeout;
+    const client::ServeBenchReport r = client::runServeBench(o, logLine);
+    writeOut(s->json ? client::formatServeJson(r) : client::formatServeMarkdown(r));
+  });
   kcmd->callback([k] {
     KernelBenchOptions o;
     o.layout = k->layout;
@@ -114,8 +189,8 @@ void addBenchCommand(CLI::App& app) {
     const KernelReport r = runKernelBench(o, logLine);
     writeOut(k->json ? formatKernelJson(r) : formatKernelTable(r));
   });
-  cmd->callback([cmd, kcmd, a] {
-    if (kcmd->parsed()) return;
+  cmd->callback([cmd, kcmd, scmd, a] {
+    if (kcmd->parsed() || scmd->parsed()) return;
     if (a->models.empty()) throw std::runtime_error("bench: -m FILE is required");
     ModelBenchOptions o;
     o.models = a->models;
