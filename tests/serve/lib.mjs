@@ -8,6 +8,7 @@ import path from 'node:path';
 import os from 'node:os';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
+import OpenAI from 'openai';
 
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(HERE, '..', '..');
@@ -210,6 +211,13 @@ export async function chatModel() {
   return file;
 }
 export const CHAT_ID = 'tiny-chat';  // the --alias the tests give it
+
+// The official openai client for a server, with no retries (every error must show) and Node's
+// own fetch: openai@4's default node-fetch shim fails chunked SSE responses on Debian 12's
+// Node 18.20 ("Premature close", from any server, node:http included), Node's fetch does not.
+export function openaiClient(server, opts = {}) {
+  return new OpenAI({ baseURL: server.base, apiKey: 'unused', maxRetries: 0, timeout: 60000, fetch: globalThis.fetch, ...opts });
+}
 
 // ---- HTTP ------------------------------------------------------------------------------------
 // fetch with a bounded time; returns {status, headers, text, json (or undefined)}.

@@ -4,8 +4,7 @@
 // 1.10 x the median of the first third + 16 MiB (samples once a second after a 5 s warm-up).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import OpenAI from 'openai';
-import { STORIES, STORIES_ID, startServe, stopAll, ternRun, rssBytes, sleep, scrape, metricSum } from './lib.mjs';
+import { STORIES, STORIES_ID, startServe, stopAll, ternRun, rssBytes, sleep, scrape, metricSum, openaiClient } from './lib.mjs';
 
 const SECONDS = Number(process.env.SERVE_LOAD_SECONDS || 60);
 const CLIENTS = 32;
@@ -27,7 +26,7 @@ test(`${CLIENTS} streaming clients for ${SECONDS} s: no errors, solo outputs, fl
   for (let j = 0; j < jobs.length; j += 2) {  // two tern runs at a time (2-core machines)
     await Promise.all(jobs.slice(j, j + 2).map(async ([p, n]) => solo.set(`${p}|${n}`, (await ternRun({ prompt: p, n, temp: 0 })).text)));
   }
-  const client = new OpenAI({ baseURL: srv.base, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+  const client = openaiClient(srv);
 
   const rss = [];
   const t0 = Date.now();

@@ -7,9 +7,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import OpenAI from 'openai';
 import {
-  STORIES, STORIES_ID, CHAT_ID, TERN, startServe, stopAll, ternRun, ternChat, chatModel, http, scratch, norm,
+  STORIES, STORIES_ID, CHAT_ID, TERN, startServe, stopAll, ternRun, ternChat, chatModel, http, scratch, norm, openaiClient,
 } from './lib.mjs';
 
 const T = { timeout: 120000 };
@@ -22,8 +21,8 @@ before(async () => {
     startServe(STORIES, ['--parallel', '4']),
     startServe(chatFile, ['--parallel', '4', '--alias', CHAT_ID], { name: 'tern serve (chat)' }),
   ]);
-  oc = new OpenAI({ baseURL: stories.base, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
-  cc = new OpenAI({ baseURL: chat.base, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+  oc = openaiClient(stories);
+  cc = openaiClient(chat);
 });
 after(() => stopAll());
 

@@ -2,8 +2,7 @@
 // default (and of `tern run`): greedy and seeded, completions and streaming, several at once.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import OpenAI from 'openai';
-import { STORIES, STORIES_ID, startServe, startWorker, stopAll, ternRun } from './lib.mjs';
+import { STORIES, STORIES_ID, startServe, startWorker, stopAll, ternRun, openaiClient } from './lib.mjs';
 
 after(() => stopAll());
 
@@ -33,7 +32,7 @@ test('two tern workers give the embedded default\'s tokens', { timeout: 240000 }
   ]);
   const want = [];
   for (const c of CASES) want.push((await ternRun(c)).text);
-  const mk = (s) => new OpenAI({ baseURL: s.base, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+  const mk = (s) => openaiClient(s);
   const e = await outputs(mk(embedded));
   const w = await outputs(mk(cluster));
   assert.deepEqual(e.texts, want, 'embedded default = tern run');
