@@ -3,6 +3,7 @@
 #include "coordinator/metrics.hpp"
 
 #include <kj/async.h>
+#include <kj/debug.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -133,6 +134,8 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
     uint32_t sent = 0;             // positions sent to the pipeline (= KV length once done)
     uint32_t samplePos = UINT32_MAX;  // position whose logits row is sampled from
     bool broken = false;           // a turn failed: the stages' state is unknown
+    bool closing = false;          // closeAsync(): closed once no batch of it is in flight
+    std::vector<kj::Own<kj::PromiseFulfiller<void>>> closers;  // closeAsync() promises
     std::optional<Turn> turn;
   };
 
@@ -313,6 +316,13 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
         guarded([&] { handle(f, logits); });
       }
     }
+    if (serving) {
+      if (failed) failTurns();
+      closeFinished();
+      guarded([&] { fill(); });
+      if (failed) failTurns();
+      return;
+    }
     guarded([&] { fill(); });
     if (flights.empty() && (failed || activeTurns() == 0 || !anyReady())) {
       if (!failed && activeTurns() > 0) fail(std::string("engine: turns left but nothing to send"));
@@ -382,14 +392,102 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
     s.history.push_back(id);
     s.pending = {id};
     if (t.cb.onToken) t.cb.onToken(id);
-    if (tok.isEog(id)) return finish(s, StopReason::EndOfGeneration);
+    if (tok.isEog(id)) {
+      if (t.cb.onSample) t.cb.onSample(id, row);
+      return finish(s, StopReason::EndOfGeneration);
+    }
     ++t.result.genTokens;
     emit(t, s.stream.push(id));
+    if (t.cb.onSample) t.cb.onSample(id, row);
     if (static_cast<int>(t.result.genTokens) == t.nPredict) return finish(s, StopReason::Limit);
     if (s.sent >= self.opts_.nCtx) return finish(s, StopReason::Context);
     t.queue = {id};
     t.at = 0;
     t.decoding = true;
+  }
+
+  // --- serving -----------------------------------------------------------------------------
+  // Fails every turn in progress with the engine's error (their sequences' KV caches are in an
+  // unknown state) and clears the error: the engine serves on.
+  void failTurns() {
+    std::string msg = errorMessage;
+    if (errorPtr) {
+      try {
+        std::rethrow_exception(errorPtr);
+      } catch (const std::exception& e) {
+        msg = e.what();
+      } catch (...) {
+        msg = "unknown error";
+      }
+    }
+    if (msg.empty()) msg = "engine: failed";
+    failed = false;
+    errorMessage.clear();
+    errorPtr = nullptr;
+    std::vector<Turn> broken;
+    for (auto& [id, s] : seqs) {
+      if (!s.turn) continue;
+      broken.push_back(std::move(*s.turn));
+      s.turn.reset();
+      s.broken = true;
+      s.samplePos = UINT32_MAX;
+    }
+    for (Turn& t : broken) {
+      t.result.error = msg;
+      if (t.done) t.done(t.result);
+    }
+    updateGauges();
+  }
+
+  // Sends what is ready on the next turn of the event loop (never inside a caller's callback).
+  void kick() {
+    if (kickScheduled) return;
+    kickScheduled = true;
+    tasks.add(kj::evalLater([this] {
+      kickScheduled = false;
+      guarded([&] { fill(); });
+      if (failed) failTurns();
+    }));
+  }
+
+  bool inFlight(uint64_t seq) const {
+    for (const auto& f : flights) {
+      if (std::find(f.seq.begin(), f.seq.end(), seq) != f.seq.end()) return true;
+    }
+    return false;
+  }
+
+  // Closes, on every stage, the sequences closeAsync() ended once none of their batches is left
+  // in the pipeline.
+  void closeFinished() {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, s] : seqs) {
+      if (s.closing && !inFlight(id)) ids.push_back(id);
+    }
+    for (uint64_t id : ids) {
+      auto it = seqs.find(id);
+      auto closers = std::move(it->second.closers);
+      seqs.erase(it);
+      auto shared = std::make_shared<decltype(closers)>(std::move(closers));
+      tasks.add(closeOnStages(id).then(
+          [shared] {
+            for (auto& f : *shared) f->fulfill();
+          },
+          [shared](kj::Exception&& e) {
+            for (auto& f : *shared) f->reject(kj::cp(e));
+          }));
+    }
+    updateGauges();
+  }
+
+  kj::Promise<void> closeOnStages(uint64_t id) {
+    auto ps = kj::heapArrayBuilder<kj::Promise<void>>(self.stages_.size());
+    for (auto& stage : self.stages_) {
+      auto req = stage.closeSequenceRequest();
+      req.setSeqId(id);
+      ps.add(req.send().ignoreResult());
+    }
+    return kj::joinPromises(ps.finish());
   }
 
   static void emit(Turn& t, std::string text) {
@@ -425,6 +523,8 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
   std::deque<Flight> flights;
   Counters counters;
   bool running = false;
+  bool serving = false;        // serve(): continuous, errors fail turns, not the engine
+  bool kickScheduled = false;
   bool failed = false;
   std::string errorMessage;
   std::exception_ptr errorPtr;
@@ -541,6 +641,7 @@ void Engine::feed(uint64_t seqId, std::span<const TokenId> tokens, int nPredict,
     throw std::invalid_argument("feed: sequence " + std::to_string(seqId) +
                                 " failed in the pipeline; close it");
   }
+  if (s.closing) throw std::invalid_argument("feed: sequence " + std::to_string(seqId) + " is closing");
   if (s.turn) {
     throw std::invalid_argument("feed: sequence " + std::to_string(seqId) + " already has a turn queued");
   }
@@ -578,11 +679,13 @@ void Engine::feed(uint64_t seqId, std::span<const TokenId> tokens, int nPredict,
   }
   s.turn = std::move(t);
   m.updateGauges();
+  if (m.serving) m.kick();
 }
 
 void Engine::run() {
   Impl& m = *impl_;
   if (m.running) throw std::logic_error("engine: run() called from inside run()");
+  if (m.serving) throw std::logic_error("engine: run() while serving");
   if (!m.anyReady()) return;
   hello();
   m.running = true;
@@ -616,6 +719,7 @@ void Engine::close(uint64_t seqId) {
   auto it = m.seqs.find(seqId);
   if (it == m.seqs.end()) throw std::invalid_argument("close: unknown sequence " + std::to_string(seqId));
   if (m.running) throw std::logic_error("engine: close() inside run()");
+  if (m.serving) throw std::logic_error("engine: close() while serving (use closeAsync)");
   m.seqs.erase(it);
   m.updateGauges();
   std::string err;
@@ -636,6 +740,71 @@ uint32_t Engine::position(uint64_t seqId) const {
   auto it = impl_->seqs.find(seqId);
   if (it == impl_->seqs.end()) throw std::invalid_argument("unknown sequence " + std::to_string(seqId));
   return it->second.sent;
+}
+
+void Engine::serve() {
+  Impl& m = *impl_;
+  if (m.infos.empty()) throw std::logic_error("engine: serve() before hello()");
+  if (m.running) throw std::logic_error("engine: serve() inside run()");
+  m.serving = true;
+}
+
+kj::Promise<uint64_t> Engine::openAsync(const SamplingParams& params) {
+  Impl& m = *impl_;
+  if (!m.serving) throw std::logic_error("engine: openAsync() before serve()");
+  auto seq = std::make_shared<Impl::Seq>(m.nextSeqId + 1, params, m.tok);  // validates params
+  const uint64_t id = ++m.nextSeqId;
+  auto ps = kj::heapArrayBuilder<kj::Promise<void>>(stages_.size());
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    auto req = stages_[i].openSequenceRequest();
+    req.setSeqId(id);
+    req.setMaxLen(opts_.nCtx);
+    ps.add(req.send().ignoreResult().catch_([i, id](kj::Exception&& e) -> kj::Promise<void> {
+      const std::string msg = "opening sequence " + std::to_string(id) + " on stage " +
+                              std::to_string(i) + ": " + describe(e);
+      return KJ_EXCEPTION(FAILED, msg.c_str());
+    }));
+  }
+  return kj::joinPromises(ps.finish())
+      .then(
+          [&m, id, seq]() mutable {
+            m.seqs.emplace(id, std::move(*seq));
+            m.updateGauges();
+            return id;
+          },
+          [&m, id](kj::Exception&& e) -> uint64_t {
+            // Free it where it was opened; a stage that never opened it refuses, which is fine.
+            m.tasks.add(m.closeOnStages(id).catch_([](kj::Exception&&) {}));
+            kj::throwFatalException(kj::mv(e));
+          });
+}
+
+kj::Promise<void> Engine::closeAsync(uint64_t seqId) {
+  Impl& m = *impl_;
+  return kj::evalLater([&m, seqId]() -> kj::Promise<void> {
+    auto it = m.seqs.find(seqId);
+    if (it == m.seqs.end()) {
+      const std::string msg = "close: unknown sequence " + std::to_string(seqId);
+      return KJ_EXCEPTION(FAILED, msg.c_str());
+    }
+    Impl::Seq& s = it->second;
+    s.turn.reset();
+    s.closing = true;
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    s.closers.push_back(kj::mv(paf.fulfiller));
+    m.closeFinished();
+    m.guarded([&] { m.fill(); });  // the slot it held may carry other sequences now
+    if (m.failed) m.failTurns();
+    return kj::mv(paf.promise);
+  });
+}
+
+size_t Engine::openSequences() const { return impl_->seqs.size(); }
+
+uint64_t Engine::positionsHeld() const {
+  uint64_t n = 0;
+  for (const auto& [id, s] : impl_->seqs) n += s.sent;
+  return n;
 }
 
 Engine::Counters Engine::counters() const { return impl_->counters; }

@@ -19,6 +19,8 @@
 #include "model/tokenizer.hpp"
 #include "protocol/codec.hpp"
 
+#include <kj/async.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -48,6 +50,11 @@ struct GenerateCallbacks {
   std::function<void(std::span<const float> row)> onLogits;
   // Each sampled id as it is sampled (including a final end-of-generation id).
   std::function<void(TokenId id)> onToken;
+  // After onToken and after the id's text went through onText: the id and the logits row
+  // [nVocab] it was sampled from (the model's raw logits, before penalties and temperature),
+  // e.g. for log-probabilities. Text that onText passes after the last onSample of a turn is
+  // held-back text flushed when the turn ends.
+  std::function<void(TokenId id, std::span<const float> row)> onSample;
   // Also pass the text of the fed tokens (the prompt) through onText.
   bool echoInput = false;
 };
@@ -61,6 +68,9 @@ struct TurnResult {
   double promptSeconds = 0;        // from feed() to the first sampled token
   uint32_t genTokens = 0;          // sampled tokens (excluding an end-of-generation id)
   double genSeconds = 0;
+  // Serving mode only: why the turn failed in the pipeline (a stage's error); empty when it
+  // ended normally. The sequence must be closed.
+  std::string error;
   double promptTokensPerSecond() const { return promptSeconds > 0 ? promptTokens / promptSeconds : 0; }
   double genTokensPerSecond() const { return genSeconds > 0 ? genTokens / genSeconds : 0; }
 };
@@ -106,6 +116,23 @@ class Engine {
   // (the turns in flight are failed; their sequences must be closed).
   void run();
   void close(uint64_t seq);
+
+  // --- serving: the engine keeps running on its event loop ---------------------------------
+  // After serve(), run() is not used: feed() sends at once, micro-batches keep flowing while any
+  // turn is ready, and a failing batch fails only the turns in progress (each one's done() gets
+  // TurnResult::error) while the engine goes on serving new sequences. hello() must have been
+  // called (it waits); the calls below never wait, so they may be made from promise callbacks.
+  void serve();
+  // open() without waiting: the sequence is opened on every stage (concurrently).
+  kj::Promise<uint64_t> openAsync(const SamplingParams& params);
+  // Ends the sequence now: its turn (if any) is dropped without calling done(), results of its
+  // batches still in the pipeline are ignored, and once none is left it is closed on every
+  // stage (so no stage sees a batch for a sequence it already closed). The promise resolves when
+  // the stages have freed it.
+  kj::Promise<void> closeAsync(uint64_t seq);
+  // Sequences open (including those waiting to be closed) and the KV positions they hold.
+  size_t openSequences() const;
+  uint64_t positionsHeld() const;
 
   uint32_t position(uint64_t seq) const;  // tokens in the sequence's KV cache
   uint32_t nCtx() const { return opts_.nCtx; }

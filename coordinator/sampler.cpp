@@ -4,7 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 
 namespace tern::coord {
 
@@ -18,6 +18,10 @@ void SamplingParams::validate() const {
     bad("repeat penalty must be finite and > 0, got " + std::to_string(repeatPenalty));
   if (repeatLastN < -1)
     bad("repeat-last-n must be >= -1 (-1: whole history), got " + std::to_string(repeatLastN));
+  if (!(presencePenalty >= -2.0f && presencePenalty <= 2.0f))
+    bad("presence penalty must be in [-2, 2], got " + std::to_string(presencePenalty));
+  if (!(frequencyPenalty >= -2.0f && frequencyPenalty <= 2.0f))
+    bad("frequency penalty must be in [-2, 2], got " + std::to_string(frequencyPenalty));
 }
 
 Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) { params_.validate(); }
@@ -39,16 +43,22 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   for (float x : logits_)
     if (std::isnan(x)) throw std::invalid_argument("sampling: NaN in logits");
 
-  // Repetition penalty, once per distinct id among the last repeatLastN (llama.cpp's rule:
-  // positive logits divided, negative multiplied, so the token always becomes less likely).
-  if (params_.repeatPenalty != 1.0f && params_.repeatLastN != 0 && !history.empty()) {
+  // Penalties over the last repeatLastN ids of the history. Repetition (llama.cpp's rule: once
+  // per distinct id, positive logits divided, negative multiplied, so the token always becomes
+  // less likely), then OpenAI's presence and frequency penalties (subtracted).
+  const bool repeat = params_.repeatPenalty != 1.0f;
+  const bool additive = params_.presencePenalty != 0.0f || params_.frequencyPenalty != 0.0f;
+  if ((repeat || additive) && params_.repeatLastN != 0 && !history.empty()) {
     size_t lastN = params_.repeatLastN < 0 ? history.size()
                                            : std::min(history.size(), size_t(params_.repeatLastN));
-    std::unordered_set<int32_t> seen;
+    std::unordered_map<int32_t, uint32_t> count;
     for (int32_t id : history.subspan(history.size() - lastN)) {
-      if (id < 0 || size_t(id) >= n || !seen.insert(id).second) continue;
+      if (id >= 0 && size_t(id) < n) ++count[id];
+    }
+    for (const auto& [id, c] : count) {
       float& x = logits_[size_t(id)];
-      x = x > 0.0f ? x / params_.repeatPenalty : x * params_.repeatPenalty;
+      if (repeat) x = x > 0.0f ? x / params_.repeatPenalty : x * params_.repeatPenalty;
+      if (additive) x -= params_.frequencyPenalty * static_cast<float>(c) + params_.presencePenalty;
     }
   }
 

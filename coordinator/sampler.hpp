@@ -1,4 +1,4 @@
-// Token sampling from a logits vector: repetition penalty, top-k, temperature softmax, top-p,
+// Token sampling from a logits vector: repetition, presence and frequency penalties, top-k, temperature softmax, top-p,
 // min-p, then one draw. Reproducible across platforms for a given seed (std::mt19937_64's output
 // is fixed by the standard, and the uniform draw is computed here from its 64-bit output).
 #pragma once
@@ -18,6 +18,10 @@ struct SamplingParams {
   float minP = 0.05f;        // in [0, 1]; keep p >= minP * max p; 0: disabled
   float repeatPenalty = 1.0f;  // > 0; 1: disabled
   int repeatLastN = 64;      // history ids penalised; 0: none, -1: the whole history
+  // OpenAI's additive penalties over the same window: logit -= frequencyPenalty * count +
+  // presencePenalty * (count > 0), count = occurrences of the id among the last repeatLastN.
+  float presencePenalty = 0.0f;   // in [-2, 2]; 0: disabled
+  float frequencyPenalty = 0.0f;  // in [-2, 2]; 0: disabled
   uint64_t seed = 0;
 
   // Throws std::invalid_argument naming the first bad field.

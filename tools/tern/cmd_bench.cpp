@@ -1,8 +1,8 @@
-// tern bench: llama-bench for tern (see tools/tern/bench.hpp for what is measured).
+// tern bench: llama-bench for tern (see runtime/bench.hpp for what is measured).
 //   tern bench -m FILE [-m FILE2] [-p 512] [-n 128] [-t 1,2] [-r 5] [--kernels auto] [--json]
 //   tern bench kernels [-t 1,2] [--layout 2B4T] [--kernels avx512,ref] [-r 5]
 // The table (or JSON) goes to stdout, progress lines to stderr.
-#include "tools/tern/bench.hpp"
+#include "runtime/bench.hpp"
 #include "tools/tern/commands.hpp"
 
 #include "coordinator/cluster.hpp"
@@ -17,6 +17,7 @@
 #include <vector>
 
 namespace tern::cli {
+using namespace tern::runtime;  // the library these commands drive
 namespace {
 
 struct BenchArgs {

@@ -3,12 +3,12 @@
 // With --workers the coordinator (this process) dials running `tern worker`s, loads the model's
 // shards on them and links them worker to worker; without, the embedded default starts one
 // in-process worker per NUMA node (threads listening on loopback) and does the same through the
-// same worker, protocol and coordinator code (tools/tern/pipeline.hpp).
+// same worker, protocol and coordinator code (runtime/pipeline.hpp).
 // Generated text goes to stdout as it is produced; everything else goes to stderr.
 #include "tools/tern/commands.hpp"
-#include "tools/tern/embedded.hpp"
-#include "tools/tern/metrics_endpoint.hpp"
-#include "tools/tern/pipeline.hpp"
+#include "runtime/model_file.hpp"
+#include "runtime/metrics_endpoint.hpp"
+#include "runtime/pipeline.hpp"
 
 #include "coordinator/generator.hpp"
 #include "kernels/dispatch.hpp"
@@ -36,6 +36,7 @@
 #include <vector>
 
 namespace tern::cli {
+using namespace tern::runtime;  // the library these commands drive
 namespace {
 
 struct RunOptions {

@@ -1,7 +1,7 @@
 // tern worker: one worker process pinned to one NUMA node, serving the Worker interface of
 // protocol/tern.capnp until SIGINT or SIGTERM.
 #include "tools/tern/commands.hpp"
-#include "tools/tern/metrics_endpoint.hpp"
+#include "runtime/metrics_endpoint.hpp"
 #include "worker/host.hpp"
 
 #include <pthread.h>
@@ -13,6 +13,7 @@
 #include <string>
 
 namespace tern::cli {
+using namespace tern::runtime;  // the library these commands drive
 
 namespace {
 

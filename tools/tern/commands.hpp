@@ -13,5 +13,6 @@ void addConvertCommand(CLI::App& app);   // cmd_convert.cpp: tern convert
 void addBenchCommand(CLI::App& app);     // cmd_bench.cpp: tern bench
 void addPlanCommand(CLI::App& app);      // cmd_plan.cpp: tern plan
 void addWorkerCommand(CLI::App& app);    // cmd_worker.cpp: tern worker
+void addServeCommand(CLI::App& app);     // cmd_serve.cpp: tern serve
 
 }  // namespace tern::cli

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   tern::cli::addBenchCommand(app);
   tern::cli::addPlanCommand(app);
   tern::cli::addWorkerCommand(app);
+  tern::cli::addServeCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,4 +1,4 @@
-#include "tools/tern/embedded.hpp"
+#include "runtime/model_file.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -6,7 +6,7 @@
 #include <set>
 #include <stdexcept>
 
-namespace tern::cli {
+namespace tern::runtime {
 
 OpenedModel openModel(const std::string& path) {
   std::error_code ec;
@@ -44,4 +44,4 @@ std::string projectionTypes(const gguf::File& f) {
   return s;
 }
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

@@ -11,7 +11,11 @@ class Exposer;
 class Registry;
 }  // namespace prometheus
 
-namespace tern::cli {
+namespace tern::runtime {
+
+// Registers tern_build_info (version, commit, role) and tern_process_start_time_seconds: every
+// tern process's registry carries them.
+void registerProcessInfo(prometheus::Registry& registry, const std::string& role);
 
 class MetricsEndpoint {
  public:
@@ -31,4 +35,4 @@ class MetricsEndpoint {
   std::string address_;
 };
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

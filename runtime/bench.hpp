@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-namespace tern::cli {
+namespace tern::runtime {
 
 // "512" or "1,2,4" -> {1, 2, 4}. Throws std::invalid_argument "FLAG: ..." for an empty list, a
 // value that is not an integer, or one below minValue.
@@ -36,7 +36,7 @@ struct ModelBenchOptions {
   uint64_t seed = 1234;           // token ids
   uint64_t bandwidthBytes = 0;    // probe buffer; 0 = topo::measureReadBandwidth's default
   std::vector<std::string> workers;  // running `tern worker`s; empty = embedded default
-  std::string split = "auto";     // tools/tern/pipeline.hpp PipelineOptions::split
+  std::string split = "auto";     // runtime/pipeline.hpp PipelineOptions::split
   std::string source = "auto";    // where workers get the weights: auto | path | stream
   // Concurrent-sequence tests: for each count S, S sequences decode nGen tokens each at once
   // (continuous batching, pipelined); per stage: tokens/s and compute / transfer / wait shares.
@@ -155,4 +155,4 @@ KernelReport runKernelBench(const KernelBenchOptions& opts, const BenchLog& log)
 std::string formatKernelTable(const KernelReport& r);
 std::string formatKernelJson(const KernelReport& r);
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

@@ -1,4 +1,4 @@
-#include "tools/tern/pipeline.hpp"
+#include "runtime/pipeline.hpp"
 
 #include "coordinator/planner.hpp"
 
@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <stdexcept>
 
-namespace tern::cli {
+namespace tern::runtime {
 namespace {
 
 coord::ShardSource parseSource(const std::string& s) {
@@ -141,4 +141,4 @@ std::vector<std::string> describeStages(const coord::Cluster& cluster,
   return lines;
 }
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

@@ -1,11 +1,11 @@
-#include "tools/tern/bench.hpp"
+#include "runtime/bench.hpp"
 
 #include "coordinator/generator.hpp"
 #include "kernels/dispatch.hpp"
 #include "kernels/t2.hpp"
 #include "model/layouts.hpp"
-#include "tools/tern/embedded.hpp"
-#include "tools/tern/pipeline.hpp"
+#include "runtime/model_file.hpp"
+#include "runtime/pipeline.hpp"
 #include "topology/bandwidth.hpp"
 #include "topology/machine.hpp"
 
@@ -28,7 +28,7 @@
 #define TERN_BUILD_COMMIT "unknown"
 #endif
 
-namespace tern::cli {
+namespace tern::runtime {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -741,4 +741,4 @@ std::string formatKernelJson(const KernelReport& r) {
   return arr.dump(2) + "\n";
 }
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

@@ -1,4 +1,4 @@
-#include "tools/tern/metrics_endpoint.hpp"
+#include "runtime/metrics_endpoint.hpp"
 
 #include "protocol/address.hpp"
 
@@ -13,7 +13,23 @@
 #define TERN_BUILD_COMMIT "unknown"
 #endif
 
-namespace tern::cli {
+namespace tern::runtime {
+
+void registerProcessInfo(prometheus::Registry& registry, const std::string& role) {
+  prometheus::BuildGauge()
+      .Name("tern_build_info")
+      .Help("Build of this tern process (value 1)")
+      .Register(registry)
+      .Add({{"version", "0.1.0"}, {"commit", TERN_BUILD_COMMIT}, {"role", role}})
+      .Set(1);
+  prometheus::BuildGauge()
+      .Name("tern_process_start_time_seconds")
+      .Help("Start of this process, seconds since the Unix epoch")
+      .Register(registry)
+      .Add({})
+      .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
 
 MetricsEndpoint::MetricsEndpoint(const std::string& address, const std::string& role)
     : registry_(std::make_shared<prometheus::Registry>()) {
@@ -32,20 +48,9 @@ MetricsEndpoint::MetricsEndpoint(const std::string& address, const std::string& 
   address_ = proto::joinHostPort(hp.host, ports.empty() ? hp.port : ports.front());
   exposer_->RegisterCollectable(registry_);
 
-  prometheus::BuildGauge()
-      .Name("tern_build_info")
-      .Help("Build of this tern process (value 1)")
-      .Register(*registry_)
-      .Add({{"version", "0.1.0"}, {"commit", TERN_BUILD_COMMIT}, {"role", role}})
-      .Set(1);
-  prometheus::BuildGauge()
-      .Name("tern_process_start_time_seconds")
-      .Help("Start of this process, seconds since the Unix epoch")
-      .Register(*registry_)
-      .Add({})
-      .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+  registerProcessInfo(*registry_, role);
 }
 
 MetricsEndpoint::~MetricsEndpoint() = default;
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

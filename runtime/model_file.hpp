@@ -1,4 +1,4 @@
-// What `tern run` and `tern bench` share before building a pipeline (tools/tern/pipeline.hpp):
+// What `tern run` and `tern bench` share before building a pipeline (runtime/pipeline.hpp):
 // opening a GGUF model (config, tensors checked, tokenizer) and describing it.
 #pragma once
 
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace tern::cli {
+namespace tern::runtime {
 
 struct OpenedModel {
   std::string path;
@@ -31,4 +31,4 @@ std::string typeSummary(const gguf::File& f);
 // "I2_S,TQ2_0"; empty when there are none.
 std::string projectionTypes(const gguf::File& f);
 
-}  // namespace tern::cli
+}  // namespace tern::runtime

@@ -6,7 +6,7 @@
 #pragma once
 
 #include "coordinator/cluster.hpp"
-#include "tools/tern/embedded.hpp"
+#include "runtime/model_file.hpp"
 #include "topology/machine.hpp"
 #include "worker/host.hpp"
 
@@ -22,7 +22,7 @@ namespace prometheus {
 class Registry;
 }
 
-namespace tern::cli {
+namespace tern::runtime {
 
 struct PipelineOptions {
   std::vector<std::string> workers;  // host:port of running workers; empty = embedded
@@ -69,4 +69,4 @@ std::vector<std::string> describeStages(const coord::Cluster& cluster,
                                         const std::vector<coord::ShardPlacement>& shards,
                                         const std::vector<proto::StageInfoData>& infos);
 
-}  // namespace tern::cli
+}  // namespace tern::runtime
