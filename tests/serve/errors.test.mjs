@@ -3,12 +3,16 @@
 // status, headers and body are seen as sent.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import nodeHttp from 'node:http';
+import path from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import {
-  STORIES, STORIES_ID, CHAT_ID, startServe, stopAll, ternRun, chatModel, http, assertErrorShape,
+  STORIES, STORIES_ID, CHAT_ID, startServe, stopAll, ternRun, chatModel, http, assertErrorShape, scratch,
 } from './lib.mjs';
 
 const T = { timeout: 120000 };
+const run = promisify(execFile);
 const KEY = 'sekrit-test-key';
 const MAX_BODY = 65536;
 let srv; let want;
@@ -30,22 +34,16 @@ async function stillServes() {
   assert.equal(r.json.choices[0].text, want.text);
 }
 
-// Raw request with node:http (so an early 413 is read even while the body is still going out).
-function rawPost(url, headers, chunks) {
-  return new Promise((resolve, reject) => {
-    const req = nodeHttp.request(url, { method: 'POST', headers, timeout: 30000 }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => { text += d; });
-      res.on('end', () => { let json; try { json = JSON.parse(text); } catch { /* */ } resolve({ status: res.statusCode, headers: res.headers, text, json }); });
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', (e) => { if (!req.res) reject(e); });
-    (async () => {
-      for (const c of chunks) { if (!req.write(c)) await new Promise((r) => req.once('drain', r)); if (req.destroyed) return; }
-      req.end();
-    })().catch(() => { /* the server may close early after answering */ });
-  });
+// POST a body from a file with curl, which reads an early answer (413) while it still sends;
+// node's http client reports EPIPE instead once the server stops reading.
+async function curlPost(url, file, headers = []) {
+  const args = ['-s', '-S', '-o', '-', '-w', '\\n%{http_code}', '-X', 'POST', '--data-binary', `@${file}`, '-H', 'content-type: application/json', '-H', `authorization: Bearer ${KEY}`];
+  for (const h of headers) args.push('-H', h);
+  const { stdout } = await run('curl', [...args, url], { timeout: 30000, maxBuffer: 1 << 20 });
+  const i = stdout.lastIndexOf('\n');
+  const text = stdout.slice(0, i);
+  let json; try { json = JSON.parse(text); } catch { /* */ }
+  return { status: Number(stdout.slice(i + 1)), text, json };
 }
 
 test('malformed JSON is 400', T, async () => {
@@ -94,12 +92,10 @@ test('out-of-range values are 400', T, async () => {
 });
 
 test('a body over --max-body is 413 (Content-Length and chunked)', T, async () => {
-  const big = JSON.stringify({ ...ok, prompt: 'x'.repeat(4 * MAX_BODY) });
-  const a = await rawPost(`${srv.url}/v1/completions`, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(big), authorization: `Bearer ${KEY}` }, [big]);
-  assertErrorShape(assert, a, 413);
-  const pieces = []; for (let i = 0; i < big.length; i += 8192) pieces.push(big.slice(i, i + 8192));
-  const b = await rawPost(`${srv.url}/v1/completions`, { 'content-type': 'application/json', 'transfer-encoding': 'chunked', authorization: `Bearer ${KEY}` }, pieces);
-  assertErrorShape(assert, b, 413);
+  const file = path.join(scratch('body'), 'big.json');
+  writeFileSync(file, JSON.stringify({ ...ok, prompt: 'x'.repeat(4 * MAX_BODY) }));
+  assertErrorShape(assert, await curlPost(`${srv.url}/v1/completions`, file), 413);
+  assertErrorShape(assert, await curlPost(`${srv.url}/v1/completions`, file, ['Transfer-Encoding: chunked']), 413);
   await stillServes();
 });
 
