@@ -44,7 +44,7 @@ async function streamCompletion(prompt, maxTokens, { abortAfter, abortWhen, earl
       for (const c of j.choices) text += c.text ?? '';
       chunks++;
       if (!aborted && ((abortAfter !== undefined && chunks === abortAfter) || (abortWhen && abortWhen(chunks)))) abort();
-    });
+    }, { signal: ac.signal });
   } catch (e) {
     if (!aborted) throw e;
   } finally {

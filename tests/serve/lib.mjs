@@ -239,9 +239,15 @@ export async function http(method, url, { body, headers = {}, key, timeoutMs = 6
 }
 
 // Reads an SSE response body: calls onEvent({data}) for each `data:` event and
-// onEvent({comment}) for each `:` comment line; resolves when the stream ends.
-export async function readSSE(res, onEvent) {
+// onEvent({comment}) for each `:` comment line; resolves when the stream ends. When `signal`
+// aborts, the body is cancelled too: Node 18's fetch (undici 5) ignores an abort while a reader
+// holds the body and keeps delivering the whole stream.
+export async function readSSE(res, onEvent, { signal } = {}) {
   const reader = res.body.getReader();
+  if (signal) {
+    const cancel = () => { reader.cancel().catch(() => {}); };
+    if (signal.aborted) cancel(); else signal.addEventListener('abort', cancel, { once: true });
+  }
   const dec = new TextDecoder();
   let buf = '';
   let data = [];
