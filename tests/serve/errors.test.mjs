@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import {
-  STORIES, STORIES_ID, CHAT_ID, startServe, stopAll, ternRun, chatModel, http, assertErrorShape, scratch,
+  STORIES, STORIES_ID, CHAT_ID, startServe, stopAll, ternRun, chatModel, http, assertErrorShape, scratch, waitFor,
 } from './lib.mjs';
 
 const T = { timeout: 120000 };
@@ -145,4 +145,21 @@ test('a full queue (--parallel 1 --queue 1) answers 503 with Retry-After, then s
   const after503 = await http('POST', `${busy.url}/v1/completions`, { body: { ...body, max_tokens: 4 } });
   assert.equal(after503.status, 200, after503.text);
   await busy.stop();
+});
+
+test('/health: 503 (OpenAI-shaped, Retry-After) while loading, then 200 {"status":"ok"}', { timeout: 120000 }, async () => {
+  const loading = await startServe(await chatModel(), ['--alias', CHAT_ID], { ready: false, name: 'tern serve (loading)' });
+  const early = await http('GET', `${loading.url}/health`);
+  if (early.status === 503) {
+    assertErrorShape(assert, early, 503);
+    assert.match(early.headers.get('retry-after') ?? '', /^\d+$/);
+  } else {
+    assert.equal(early.status, 200, `while loading: ${early.status} ${early.text}`);  // it loaded that fast
+  }
+  console.log(`# /health right after listening: ${early.status}`);
+  await waitFor(loading, /tern serve ready/, 120000, 'tern serve ready');
+  const r = await http('GET', `${loading.url}/health`);
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json, { status: 'ok' });
+  await loading.stop();
 });
