@@ -3,7 +3,7 @@
 // loopback, read Prometheus text. Every wait is bounded; every process a test starts is tracked
 // and killed by stopAll() (each test file calls it in after()) and, as a last resort, on exit.
 import { spawn, execFile } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, readFileSync, mkdtempSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, readFileSync, mkdtempSync, statSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import net from 'node:net';
@@ -23,9 +23,12 @@ if (!existsSync(TERN)) throw new Error(`TERN_EXE ${TERN} does not exist (build i
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// A fresh scratch directory under TMPDIR.
+// A fresh scratch directory under TMPDIR, removed by stopAll().
+const scratchDirs = [];
 export function scratch(prefix) {
-  return mkdtempSync(path.join(TMP, `tern-serve-${prefix}-`));
+  const d = mkdtempSync(path.join(TMP, `tern-serve-${prefix}-`));
+  scratchDirs.push(d);
+  return d;
 }
 
 // ---- processes -------------------------------------------------------------------------------
@@ -98,6 +101,7 @@ export async function stopAll(ms = 5000) {
     try { child.kill('SIGTERM'); } catch { resolve(); }
     setTimeout(() => { try { child.kill('SIGKILL'); } catch { /* gone */ } }, ms).unref();
   })));
+  for (const d of scratchDirs.splice(0)) rmSync(d, { recursive: true, force: true });
 }
 
 // Resident memory of a process in bytes (VmRSS of /proc/PID/status).
