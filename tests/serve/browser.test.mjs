@@ -12,7 +12,7 @@ const CHROMIUM = process.env.CHROMIUM || ['/usr/bin/chromium', '/usr/bin/chromiu
 const KEY = 'browser-test-key';
 let browser;
 after(async () => {
-  if (browser) await Promise.race([browser.close(), sleep(10000)]);
+  if (browser) await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 10000).unref())]);  // bounded, and no timer left behind
   await stopAll();
 });
 
