@@ -1,9 +1,8 @@
 #include "coordinator/cluster.hpp"
 
 #include "protocol/address.hpp"
+#include "protocol/handshake.hpp"
 #include "protocol/hash.hpp"
-
-#include <capnp/rpc-twoparty.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -153,48 +152,21 @@ std::vector<ShardPlacement> evenShards(uint32_t nLayer, size_t nWorkers, uint32_
 }
 
 struct Cluster::Impl {
-  struct Conn {
-    std::string address;  // as dialled
-    kj::Own<kj::AsyncIoStream> stream;
-    kj::Own<capnp::TwoPartyClient> client;
-    proto::Worker::Client cap = nullptr;
-  };
   explicit Impl(kj::AsyncIoContext& io) : io(io) {}
   kj::AsyncIoContext& io;
-  std::vector<std::unique_ptr<Conn>> conns;
+  std::vector<kj::Own<proto::WorkerConnection>> conns;
   std::vector<proto::WorkerInfoData> infos;
 };
 
 Cluster::Cluster(kj::AsyncIoContext& io, const std::vector<std::string>& addresses)
     : impl_(std::make_unique<Impl>(io)) {
-  auto& ws = io.waitScope;
   for (const std::string& address : addresses) {
-    auto c = std::make_unique<Impl::Conn>();
-    c->address = address;
     try {
-      auto addr = io.provider->getNetwork().parseAddress(address).wait(ws);
-      c->stream = addr->connect().wait(ws);
+      impl_->conns.push_back(proto::dialWorker(io.provider->getNetwork(), address).wait(io.waitScope));
     } catch (const kj::Exception& e) {
-      throw std::runtime_error("worker " + address + ": cannot connect: " + describe(e));
+      throw std::runtime_error("worker " + address + ": " + describe(e));
     }
-    c->client = kj::heap<capnp::TwoPartyClient>(*c->stream);
-    c->cap = c->client->bootstrap().castAs<proto::Worker>();
-    try {
-      auto req = c->cap.helloRequest();
-      req.setVersion(proto::PROTOCOL_VERSION);
-      auto resp = req.send().wait(ws);
-      if (resp.getVersion() != proto::PROTOCOL_VERSION) {
-        throw std::runtime_error("worker " + address + ": protocol version mismatch: peer " +
-                                 std::to_string(resp.getVersion()) + ", ours " +
-                                 std::to_string(proto::PROTOCOL_VERSION));
-      }
-      impl_->infos.push_back(proto::readWorkerInfo(resp.getInfo()));
-    } catch (const kj::Exception& e) {
-      throw std::runtime_error("worker " + address + ": hello: " + describe(e));
-    } catch (const std::invalid_argument& e) {
-      throw std::runtime_error("worker " + address + ": hello: " + e.what());
-    }
-    impl_->conns.push_back(std::move(c));
+    impl_->infos.push_back(impl_->conns.back()->info);
   }
 }
 

@@ -1,6 +1,7 @@
 #include "coordinator/engine.hpp"
 
 #include "coordinator/metrics.hpp"
+#include "protocol/handshake.hpp"
 
 #include <kj/async.h>
 #include <kj/debug.h>
@@ -148,6 +149,7 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
     Clock::time_point t0;
     bool done = false;
     std::string error;  // the stage's error, when forward() failed
+    uint64_t epoch = 0;  // failTurns() calls before it was sent
   };
 
   Impl(Engine& engine, const ModelConfig& cfg, const Tokenizer& tok, kj::WaitScope& ws)
@@ -275,6 +277,7 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
     f.pos = std::move(b.pos);
     f.want = std::move(b.wantLogits);
     f.t0 = Clock::now();
+    f.epoch = turnFailures;
     const size_t n = f.seq.size();
     std::vector<uint64_t> distinct = f.seq;
     std::sort(distinct.begin(), distinct.end());
@@ -311,7 +314,11 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
       flights.pop_front();
       std::optional<proto::LogitsData> logits = sink->take(f.id);
       if (!f.error.empty()) {
-        fail(f.error);
+        // Serving: a batch sent before the last failTurns() carries only sequences whose turns
+        // that call already failed (or closeAsync() dropped); its error is the same failure
+        // arriving late (e.g. the other prompt chunks of a broken sequence) and must not fail
+        // the turns fed since.
+        if (!serving || f.epoch == turnFailures) fail(f.error);
       } else if (!failed) {
         guarded([&] { handle(f, logits); });
       }
@@ -421,6 +428,7 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
       }
     }
     if (msg.empty()) msg = "engine: failed";
+    ++turnFailures;
     failed = false;
     errorMessage.clear();
     errorPtr = nullptr;
@@ -525,6 +533,7 @@ struct Engine::Impl final : public kj::TaskSet::ErrorHandler {
   bool running = false;
   bool serving = false;        // serve(): continuous, errors fail turns, not the engine
   bool kickScheduled = false;
+  uint64_t turnFailures = 0;   // failTurns() calls (a Flight's epoch)
   bool failed = false;
   std::string errorMessage;
   std::exception_ptr errorPtr;
@@ -559,17 +568,7 @@ const std::vector<proto::StageInfoData>& Engine::hello() {
   if (!m.infos.empty()) return m.infos;
   std::vector<proto::StageInfoData> infos;
   try {
-    for (auto& stage : stages_) {
-      auto req = stage.helloRequest();
-      req.setVersion(proto::PROTOCOL_VERSION);
-      auto resp = req.send().wait(m.ws);
-      if (resp.getVersion() != proto::PROTOCOL_VERSION) {
-        throw std::runtime_error("protocol version mismatch: peer " +
-                                 std::to_string(resp.getVersion()) + ", ours " +
-                                 std::to_string(proto::PROTOCOL_VERSION));
-      }
-      infos.push_back(proto::readStageInfo(resp.getInfo()));
-    }
+    for (auto& stage : stages_) infos.push_back(proto::hello(stage).wait(m.ws));
   } catch (const kj::Exception& e) {
     throw std::runtime_error("stage hello: " + describe(e));
   }

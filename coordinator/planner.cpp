@@ -71,7 +71,7 @@ ModelShape shapeFromTensors(std::string name, uint32_t nLayer, uint32_t nEmbd, u
   m.embeddingRowBytes = m.embeddingBytes / nVocab;
   m.headBytes = outNorm + (tied ? m.embeddingBytes : output);
   m.headSharedBytes = tied ? m.embeddingBytes : 0;
-  m.kvBytesPerTokenPerLayer = uint64_t(2) * kvDim * kvElementBytes;
+  m.kvBytesPerTokenPerLayer = kvBytesPerPosition(kvDim, 1, kvElementBytes);
   return m;
 }
 

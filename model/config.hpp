@@ -68,6 +68,13 @@ struct ModelConfig {
   uint32_t kvDim() const { return nHeadKv * headDim; }
 };
 
+// KV cache bytes of one position of one sequence over nLayers layers: a K and a V row of kvDim
+// elements of elementBytes (2 for F16, 4 for F32) each. What a stage allocates per position,
+// what a worker reserves for maxSequences x nCtx of them, what the planner counts.
+inline uint64_t kvBytesPerPosition(uint32_t kvDim, uint32_t nLayers, unsigned elementBytes) {
+  return uint64_t(2) * kvDim * nLayers * elementBytes;
+}
+
 // Tensor names used by every architecture. Per layer names are "blk.<i>.<suffix>".
 namespace tensor_names {
 inline constexpr const char* kTokenEmbd = "token_embd.weight";

@@ -326,7 +326,7 @@ std::string Stage::kernelName() const { return impl_->kt->name; }
 uint64_t Stage::weightBytes() const { return impl_->bytes; }
 uint64_t Stage::kvBytesPerToken() const {
   const Impl& s = *impl_;
-  return uint64_t(s.layers.size()) * 2 * s.cfg.kvDim() * (s.f16Kv() ? 2 : 4);
+  return kvBytesPerPosition(s.cfg.kvDim(), uint32_t(s.layers.size()), kvElementBytes(s.opts.kvType));
 }
 
 void Stage::openSequence(uint64_t seq, uint32_t nCtx) {

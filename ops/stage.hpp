@@ -29,6 +29,7 @@ enum class ActQuant {
   Float,  // plain float matmul on dequantised weights
 };
 enum class KvType { F16, F32 };
+inline unsigned kvElementBytes(KvType t) { return t == KvType::F16 ? 2 : 4; }
 // The head (tied embedding or output.weight).
 enum class HeadType {
   Float,  // as stored (F32/F16/BF16): lossless

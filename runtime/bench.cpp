@@ -4,6 +4,7 @@
 #include "kernels/dispatch.hpp"
 #include "kernels/t2.hpp"
 #include "model/layouts.hpp"
+#include "ops/group.hpp"
 #include "runtime/model_file.hpp"
 #include "runtime/pipeline.hpp"
 #include "topology/bandwidth.hpp"
@@ -501,7 +502,6 @@ std::string formatJson(const BenchReport& r) {
 
 namespace {
 
-constexpr uint32_t kRowsPerChunk = 16;  // as ops/linear.cpp cuts a projection's output rows
 constexpr uint32_t kGemmTokens = 128;
 
 uint64_t splitmix(uint64_t& s) {
@@ -607,6 +607,29 @@ KernelReport runKernelBench(const KernelBenchOptions& o, const BenchLog& log) {
     rep.rows.push_back(std::move(row));
   };
 
+  // Every row goes through the engine's own matmul path (ops::applyGroup: what a forward pass
+  // runs for each projection group, with rows claimed in pieces by the team): T2 projections
+  // quantise their activations per token, then gemmT2 and the epilogue; the head is matmulF16.
+  auto floats = [](size_t n, uint64_t s, float div) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = static_cast<float>(static_cast<int64_t>(splitmix(s) % 2001) - 1000) / div;
+    return x;
+  };
+  auto linear = [](ops::Linear::Kind kind, const void* data, uint32_t k, uint32_t nOut) {
+    ops::Linear lin;
+    lin.kind = kind;
+    lin.int8 = kind == ops::Linear::Kind::T2;
+    lin.data = data;
+    lin.k = k;
+    lin.nOut = nOut;
+    return lin;
+  };
+  auto apply = [](const kernels::KernelTable& kt, const ops::Linear& lin, const float* x,
+                  uint32_t nTok, float* y, int t) {
+    const ops::Projection proj[1] = {{&lin, nullptr, y}};
+    ops::applyGroup(kt, proj, x, nTok, lin.k, t, /*dynamic=*/true);
+  };
+
   // Ternary GEMV over `copies` distinct weight tensors (together >= stream bytes, so each call
   // reads from DRAM as decode does), and GEMM over 128 tokens on one copy.
   for (const Shape& sh : projectionShapes(*layout)) {
@@ -614,34 +637,28 @@ KernelReport runKernelBench(const KernelBenchOptions& o, const BenchLog& log) {
     const size_t copies = std::max<size_t>(1, (stream + tensorBytes - 1) / tensorBytes);
     std::vector<uint8_t> w(tensorBytes * copies);
     fillT2(w.data(), w.size(), 1);
-    const size_t qStride = kernels::t2PaddedK(sh.k);
-    std::vector<int8_t> q(qStride * kGemmTokens);
-    uint64_t s = 2;
-    for (auto& v : q) v = static_cast<int8_t>(splitmix(s));
-    std::vector<int32_t> acc(size_t{sh.nOut} * kGemmTokens);
+    const std::vector<float> x = floats(size_t{sh.k} * kGemmTokens, 2, 100.0f);
+    std::vector<float> y(size_t{sh.nOut} * kGemmTokens);
+    std::vector<ops::Linear> lins;
+    for (size_t c = 0; c < copies; ++c) {
+      lins.push_back(linear(ops::Linear::Kind::T2, w.data() + c * tensorBytes, sh.k, sh.nOut));
+    }
     const uint64_t rowBytes = kernels::t2RowBytes(sh.k) * sh.nOut;
-    const int nChunks = static_cast<int>((sh.nOut + kRowsPerChunk - 1) / kRowsPerChunk);
     for (const kernels::KernelTable* kt : tables) {
       for (int t : threads) {
-        auto call = [&](const uint8_t* wc, uint32_t nTok) {
-#pragma omp parallel for schedule(static) num_threads(t)
-          for (int c = 0; c < nChunks; ++c) {
-            const uint32_t r0 = uint32_t(c) * kRowsPerChunk, r1 = std::min(sh.nOut, r0 + kRowsPerChunk);
-            kt->gemmT2(wc, sh.k, r0, r1, q.data(), qStride, nTok, acc.data(), sh.nOut);
-          }
-        };
         auto pass = [&] {
-          for (size_t c = 0; c < copies; ++c) call(w.data() + c * tensorBytes, 1);
+          for (const ops::Linear& lin : lins) apply(*kt, lin, x.data(), 1, y.data(), t);
         };
+        auto gemmCall = [&] { apply(*kt, lins[0], x.data(), kGemmTokens, y.data(), t); };
         pass();
         KernelRow gemv{"gemmT2", kt->name, shapeLabel(sh.name, sh.nOut, sh.k, 1),
                        static_cast<unsigned>(t), bestOf(o.reps, pass) / copies, rowBytes,
                        uint64_t{sh.nOut} * sh.k, true, 0};
         add(gemv);
-        call(w.data(), kGemmTokens);
+        gemmCall();
         KernelRow gemm{"gemmT2", kt->name, shapeLabel(sh.name, sh.nOut, sh.k, kGemmTokens),
-                       static_cast<unsigned>(t), bestOf(o.reps, [&] { call(w.data(), kGemmTokens); }),
-                       rowBytes, uint64_t{sh.nOut} * sh.k * kGemmTokens, false, 0};
+                       static_cast<unsigned>(t), bestOf(o.reps, gemmCall), rowBytes,
+                       uint64_t{sh.nOut} * sh.k * kGemmTokens, false, 0};
         add(gemm);
       }
     }
@@ -654,21 +671,16 @@ KernelReport runKernelBench(const KernelBenchOptions& o, const BenchLog& log) {
     const size_t copies = std::max<size_t>(1, (stream + 2 * tensorElems - 1) / (2 * tensorElems));
     std::vector<uint16_t> w(tensorElems * copies);
     fillF16(w.data(), w.size(), 3);
-    std::vector<float> x(k), y(nOut);
-    uint64_t s = 4;
-    for (auto& v : x) v = static_cast<float>(static_cast<int64_t>(splitmix(s) % 2001) - 1000) / 1000.0f;
-    const int nChunks = static_cast<int>((nOut + kRowsPerChunk - 1) / kRowsPerChunk);
+    const std::vector<float> x = floats(k, 4, 1000.0f);
+    std::vector<float> y(nOut);
+    std::vector<ops::Linear> lins;
+    for (size_t c = 0; c < copies; ++c) {
+      lins.push_back(linear(ops::Linear::Kind::F16, w.data() + c * tensorElems, k, nOut));
+    }
     for (const kernels::KernelTable* kt : tables) {
       for (int t : threads) {
         auto pass = [&] {
-          for (size_t c = 0; c < copies; ++c) {
-            const uint16_t* wc = w.data() + c * tensorElems;
-#pragma omp parallel for schedule(static) num_threads(t)
-            for (int ch = 0; ch < nChunks; ++ch) {
-              const uint32_t r0 = uint32_t(ch) * kRowsPerChunk, r1 = std::min(nOut, r0 + kRowsPerChunk);
-              kt->matmulF16(wc, k, r0, r1, x.data(), k, 1, y.data(), nOut);
-            }
-          }
+          for (const ops::Linear& lin : lins) apply(*kt, lin, x.data(), 1, y.data(), t);
         };
         pass();
         add({"matmulF16", kt->name, shapeLabel("head", nOut, k, 1), static_cast<unsigned>(t),

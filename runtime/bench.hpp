@@ -1,6 +1,7 @@
 // `tern bench`: llama-bench's measurements on tern's embedded pipeline, plus the decode bound
 // (measured read bandwidth / bytes read per token), and `tern bench kernels`: each kernel of
-// the KernelTable on a layout's shapes, streaming its weights from DRAM.
+// the KernelTable on a layout's shapes, streaming its weights from DRAM. The matmul rows time
+// the engine's own path (ops::applyGroup, as a forward pass runs each projection group).
 //
 // Model tests, as llama-bench defines them:
 //   pp<P>  prefill of P random token ids (fixed seed, never an end-of-generation id) in one
@@ -131,7 +132,8 @@ struct KernelBenchOptions {
 };
 
 struct KernelRow {
-  std::string kernel;   // "gemmT2", "matmulF16", "quantizeRow"
+  std::string kernel;   // "gemmT2" (with the activations' quantisation and the epilogue, as
+                        // a BitLinear runs), "matmulF16", "quantizeRow"
   std::string variant;  // "avx512", "ref", ...
   std::string shape;    // "attn_q/attn_output [2560 x 2560] x 1 tok"
   unsigned threads = 0;

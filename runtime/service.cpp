@@ -74,7 +74,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
     return it == jobs.end() ? nullptr : &it->second;
   }
 
-  size_t slotsUsed() const { return active + closing; }
+  size_t slotsUsed() const { return active + abandoned + closing; }
 
   void gauges() {
     if (waitingGauge) waitingGauge->Set(static_cast<double>(waiting.size()));
@@ -86,13 +86,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
   }
 
   std::vector<uint64_t> submit(std::vector<Submission> subs) {
-    // The free slots take generations at once; the queue holds the rest.
-    const size_t free = opts.parallel - std::min<size_t>(opts.parallel, slotsUsed());
-    if (waiting.size() + subs.size() > opts.queue + free) {
-      throw QueueFull("the server is busy: " + std::to_string(active) + " generations running, " +
-                      std::to_string(waiting.size()) + " waiting (queue of " +
-                      std::to_string(opts.queue) + ")");
-    }
+    // Bad input is refused first, whatever the load.
     for (const auto& s : subs) {
       s.gen.sampling.validate();
       if (s.gen.prompt.empty()) throw std::invalid_argument("the prompt is empty");
@@ -101,6 +95,23 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
                                     " tokens, the context is " + std::to_string(nCtx));
       }
       if (s.gen.maxTokens < 0) throw std::invalid_argument("max tokens must be >= 0");
+      for (TokenId id : s.gen.prompt) {
+        if (id < 0 || static_cast<uint32_t>(id) >= nVocab) {
+          throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                      std::to_string(nVocab));
+        }
+      }
+    }
+    // The free slots take generations at once; the queue holds the rest. Admission counts
+    // generations (running + waiting <= parallel + queue): a slot whose sequence is still being
+    // closed belongs to a generation that has ended (its onEnd already ran) and is free in a
+    // moment, so it must not shrink the room a client sees right after an end. Such waiters
+    // start when the close completes (pump()).
+    const size_t free = opts.parallel - std::min<size_t>(opts.parallel, active);
+    if (waiting.size() + subs.size() > opts.queue + free) {
+      throw QueueFull("the server is busy: " + std::to_string(active) + " generations running, " +
+                      std::to_string(waiting.size()) + " waiting (queue of " +
+                      std::to_string(opts.queue) + ")");
     }
     std::vector<uint64_t> handles;
     for (auto& s : subs) {
@@ -127,7 +138,11 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
       tasks.add(engine.openAsync(j->sub.gen.sampling)
                     .then([this, h](uint64_t seq) { opened(h, seq); },
                           [this, h](kj::Exception&& e) {
-                            --active;
+                            if (find(h)) {
+                              --active;
+                            } else {
+                              --abandoned;  // cancelled while opening
+                            }
                             fail(h, e.getDescription().cStr());
                             pump();
                           }));
@@ -138,7 +153,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
   void opened(uint64_t h, uint64_t seq) {
     Job* j = find(h);
     if (!j) {  // cancelled while opening
-      --active;
+      --abandoned;
       closeSeq(seq);
       return;
     }
@@ -214,7 +229,10 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
       closeSeq(j->seq);
     } else if (j->phase == Job::Phase::Waiting) {
       waiting.erase(std::remove(waiting.begin(), waiting.end(), h), waiting.end());
-    }  // Opening: opened() finds no job and closes the sequence
+    } else {  // Opening: no longer a generation; opened() finds no job and closes the sequence
+      --active;
+      ++abandoned;
+    }
     jobs.erase(h);
     gauges();
   }
@@ -248,9 +266,11 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
   const ServiceOptions& opts;
   uint32_t nCtx;
   const Tokenizer* modelTokenizer = nullptr;
+  uint32_t nVocab = 0;  // prompt ids must be below it
   std::map<uint64_t, Job> jobs;
   std::deque<uint64_t> waiting;
   size_t active = 0;   // jobs opening or running
+  size_t abandoned = 0;  // sequences opening for a job cancelled meanwhile (slots not free yet)
   size_t closing = 0;  // sequences being closed (their slots are not free yet)
   uint64_t nextHandle = 0;
   prometheus::Gauge* waitingGauge = nullptr;
@@ -290,6 +310,7 @@ Service::Service(OpenedModel model, ServiceOptions opts, topo::Machine machine)
       engine.serve();
       Core core(engine, opts_, nCtx_);
       core.modelTokenizer = model_.tokenizer.get();
+      core.nVocab = model_.cfg.nVocab;
       core.gauges();
       {
         std::lock_guard<std::mutex> lock(mu_);

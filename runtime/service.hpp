@@ -9,9 +9,10 @@
 // must be quick (hand the event to the caller's own thread, e.g. with asio::post).
 //
 // Admission: at most `parallel` sequences are open on the stages at once (each holds nCtx KV
-// positions on every stage); further generations wait in a FIFO of at most `queue` entries; a
-// submission that does not fit is refused whole (QueueFull). A sequence's slot is free again once
-// the stages have closed it.
+// positions on every stage); further generations wait in a FIFO. A submission is refused whole
+// (QueueFull) when running + waiting generations would exceed parallel + `queue`; a generation
+// that has ended counts no more, although its slot is free only once the stages have closed its
+// sequence (a waiting generation starts then).
 #pragma once
 
 #include "coordinator/engine.hpp"

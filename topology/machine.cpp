@@ -97,6 +97,11 @@ std::string Machine::summary() const {
   return s;
 }
 
-unsigned Machine::defaultThreads() const { return cores > 0 ? cores : 1; }
+unsigned threadsFor(unsigned requested, unsigned cores) {
+  if (requested > 0) return requested;
+  return cores > 0 ? cores : 1;
+}
+
+unsigned Machine::defaultThreads() const { return threadsFor(0, cores); }
 
 }  // namespace tern::topo

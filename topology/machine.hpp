@@ -36,8 +36,12 @@ struct Machine {
 
   // One line: "2 packages, 2 NUMA nodes, 8 cores, 16 threads (Intel Xeon ...)".
   std::string summary() const;
-  // Physical cores in the allowed cpuset (at least 1).
+  // Physical cores in the allowed cpuset (at least 1): threadsFor(0, cores).
   unsigned defaultThreads() const;
 };
+
+// Compute threads for a team: `requested` when given (> 0), else one per core of the `cores` it
+// runs on (at least 1). Every "0 = the cores" default (workers, in-process or not) is this.
+unsigned threadsFor(unsigned requested, unsigned cores);
 
 }  // namespace tern::topo

@@ -2,8 +2,7 @@
 
 #include "kernels/dispatch.hpp"
 #include "kernels/t2.hpp"
-
-#include <omp.h>
+#include "ops/group.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -15,8 +14,7 @@ namespace tern::worker {
 Calibration calibrateT2Gemv(unsigned threads, double targetSeconds, const std::string& kernels) {
   if (threads == 0) throw std::invalid_argument("calibration: threads = 0");
   const kernels::KernelTable& kt = kernels::selectKernels(kernels);
-  constexpr uint32_t k = 2560, nOut = 6912, kChunk = 16;
-  const uint32_t padded = kernels::t2PaddedK(k);
+  constexpr uint32_t k = 2560, nOut = 6912;
   const size_t rowBytes = kernels::t2RowBytes(k);
 
   // Random codes 0..2 (w = -1, 0, +1) from a fixed-seed generator, packed row by row.
@@ -32,19 +30,20 @@ Calibration calibrateT2Gemv(unsigned threads, double targetSeconds, const std::s
     kernels::t2PackRow(row.data(), k, w.data() + size_t(r) * rowBytes);
   }
   kernels::t2WriteTrailer(1.0f, w.data() + size_t(nOut) * rowBytes);
-  std::vector<int8_t> q(padded, 0);  // one token; the padding stays zero
-  for (uint32_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(int(next() % 255) - 127);
-  std::vector<int32_t> acc(nOut);
-
-  const uint32_t nChunks = (nOut + kChunk - 1) / kChunk;
-  auto gemv = [&] {
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(threads))
-    for (int64_t c = 0; c < int64_t(nChunks); ++c) {
-      const uint32_t r0 = uint32_t(c) * kChunk;
-      const uint32_t r1 = r0 + kChunk < nOut ? r0 + kChunk : nOut;
-      kt.gemmT2(w.data(), k, r0, r1, q.data(), padded, 1, acc.data(), nOut);
-    }
-  };
+  // One token of activations, quantised per call as a forward pass does.
+  std::vector<float> x(k);
+  for (uint32_t i = 0; i < k; ++i) x[i] = float(int(next() % 2001) - 1000) / 1000.0f;
+  std::vector<float> y(nOut);
+  ops::Linear lin;
+  lin.kind = ops::Linear::Kind::T2;
+  lin.int8 = true;
+  lin.data = w.data();
+  lin.k = k;
+  lin.nOut = nOut;
+  const ops::Projection proj[1] = {{&lin, nullptr, y.data()}};
+  // The engine's own BitLinear path (ops/group.hpp): quantise, then rows claimed in pieces by
+  // the team, integer GEMV and epilogue, as every projection of a forward pass runs.
+  auto gemv = [&] { ops::applyGroup(kt, proj, x.data(), 1, k, static_cast<int>(threads), true); };
 
   gemv();  // warm-up: page faults, thread start
   using Clock = std::chrono::steady_clock;

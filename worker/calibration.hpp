@@ -13,10 +13,11 @@ struct Calibration {
   std::string kernel;    // kernel variant measured
 };
 
-// Times a T2 GEMV (the ternary x int8 integer core, kernels/gemm_t2.hpp through the dispatch
-// table of `kernels`: "auto" = the best variant) of a 2560 x 6912 matrix of random codes (k =
-// 2560 inputs, 6912 output rows: 2B4T's ffn_up) against one int8 token, rows split over `threads`
-// OpenMP threads in 16-row chunks as the engine does, repeated for about `targetSeconds`.
+// Times a T2 GEMV of a 2560 x 6912 matrix of random codes (k = 2560 inputs, 6912 output rows:
+// 2B4T's ffn_up) against one token, through the engine's own BitLinear path (ops::applyGroup:
+// int8 quantisation, rows claimed in pieces by `threads` OpenMP threads, the integer GEMV of the
+// dispatch table of `kernels`, "auto" = the best variant, and the epilogue), repeated for about
+// `targetSeconds`. MACs counted are k x nOut per call.
 // Throws std::invalid_argument for threads == 0 or an unknown kernel name.
 Calibration calibrateT2Gemv(unsigned threads, double targetSeconds = 0.1,
                             const std::string& kernels = "auto");

@@ -95,7 +95,7 @@ Placement placeAndMeasure(const HostOptions& opts) {
     info.numaNode = int32_t(node->index);
     info.cores = uint32_t(node->cores.size());
     info.memoryBytes = node->memoryBytes;
-    info.threads = opts.threads > 0 ? opts.threads : info.cores;
+    info.threads = topo::threadsFor(opts.threads, info.cores);
     // Memory first: pages the team touches later (weights copied at load) land on the node.
     const topo::BindStatus mem = topo::bindThreadMemoryToNode(node->index);
     if (!mem) appendWarning(info.bindingWarning, "memory binding: " + mem.warning);
@@ -111,7 +111,7 @@ Placement placeAndMeasure(const HostOptions& opts) {
     info.numaNode = -1;
     info.cores = haveMachine ? machine.cores : 1;
     for (const topo::NumaNode& n : machine.nodes) info.memoryBytes += n.memoryBytes;
-    info.threads = opts.threads > 0 ? opts.threads : (haveMachine ? machine.defaultThreads() : 1);
+    info.threads = topo::threadsFor(opts.threads, info.cores);
   }
 
   info.kernel = kernels::selectKernels("auto").name;

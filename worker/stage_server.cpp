@@ -1,5 +1,7 @@
 #include "worker/stage_server.hpp"
 
+#include "protocol/handshake.hpp"
+
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -219,11 +221,7 @@ void StageServer::updateGauges() {
 }
 
 kj::Promise<void> StageServer::hello(HelloContext context) {
-  const uint32_t peer = context.getParams().getVersion();
-  if (peer != proto::PROTOCOL_VERSION) {
-    fail("protocol version mismatch: peer " + std::to_string(peer) + ", ours " +
-         std::to_string(proto::PROTOCOL_VERSION));
-  }
+  proto::checkPeerVersion(context.getParams().getVersion());
   auto results = context.getResults();
   results.setVersion(proto::PROTOCOL_VERSION);
   proto::writeStageInfo(info(), results.initInfo());

@@ -3,10 +3,10 @@
 #include "model/config.hpp"
 #include "model/gguf.hpp"
 #include "model/layouts.hpp"
+#include "protocol/handshake.hpp"
 #include "protocol/hash.hpp"
 #include "worker/metrics.hpp"
 
-#include <capnp/rpc-twoparty.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -221,8 +221,7 @@ ops::HeadType parseHeadType(const std::string& s) {
 
 // A connection this worker dialled to another worker (NextHop.remote), kept for reuse.
 struct Peer {
-  kj::Own<kj::AsyncIoStream> stream;
-  kj::Own<capnp::TwoPartyClient> rpc;  // declared after stream: destroyed first
+  kj::Own<proto::WorkerConnection> conn;  // null until dialled
   kj::Maybe<kj::ForkedPromise<proto::Worker::Client>> ready;
   kj::Promise<void> watch = nullptr;   // marks the peer dead when the connection drops
   bool dead = false;
@@ -282,27 +281,13 @@ kj::Promise<proto::Worker::Client> WorkerServer::Impl::dial(const std::string& a
   auto peer = kj::heap<Peer>();
   Peer* p = peer.get();
   kj::Promise<proto::Worker::Client> connected =
-      network.parseAddress(address)
-          .then([](kj::Own<kj::NetworkAddress> addr) {
-            auto conn = addr->connect();
-            return conn.attach(kj::mv(addr));
-          })
-          .then([p](kj::Own<kj::AsyncIoStream> stream) {
-            p->stream = kj::mv(stream);
-            p->rpc = kj::heap<capnp::TwoPartyClient>(*p->stream);
-            p->watch = p->rpc->onDisconnect()
+      proto::dialWorker(network, address)
+          .then([p](kj::Own<proto::WorkerConnection> conn) {
+            p->conn = kj::mv(conn);
+            p->watch = p->conn->rpc->onDisconnect()
                            .then([p] { p->dead = true; }, [p](kj::Exception&&) { p->dead = true; })
                            .eagerlyEvaluate(nullptr);
-            auto worker = p->rpc->bootstrap().castAs<proto::Worker>();
-            auto req = worker.helloRequest();
-            req.setVersion(proto::PROTOCOL_VERSION);
-            return req.send().then([worker](capnp::Response<proto::Worker::HelloResults>&& r) mutable {
-              if (r.getVersion() != proto::PROTOCOL_VERSION) {
-                fail("protocol version mismatch: peer " + std::to_string(r.getVersion()) +
-                     ", ours " + std::to_string(proto::PROTOCOL_VERSION));
-              }
-              return kj::mv(worker);
-            });
+            return p->conn->cap;
           })
           .catch_([p, address](kj::Exception&& e) -> proto::Worker::Client {
             p->dead = true;  // the next link dials again
@@ -395,11 +380,7 @@ WorkerServer::~WorkerServer() {
 }
 
 kj::Promise<void> WorkerServer::hello(HelloContext context) {
-  const uint32_t peer = context.getParams().getVersion();
-  if (peer != proto::PROTOCOL_VERSION) {
-    fail("protocol version mismatch: peer " + std::to_string(peer) + ", ours " +
-         std::to_string(proto::PROTOCOL_VERSION));
-  }
+  proto::checkPeerVersion(context.getParams().getVersion());
   impl_->updateFree();
   auto results = context.getResults();
   results.setVersion(proto::PROTOCOL_VERSION);
@@ -517,8 +498,8 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   const unsigned threads = spec.threads > 0 ? std::min<unsigned>(spec.threads, teamThreads) : teamThreads;
   so.threads = int(threads);
   so.hugePages = true;
-  const uint64_t kvPerToken = uint64_t(2) * cfg.kvDim() * (spec.layerEnd - spec.layerBegin) *
-                              (so.kvType == ops::KvType::F16 ? 2 : 4);
+  const uint64_t kvPerToken = kvBytesPerPosition(cfg.kvDim(), spec.layerEnd - spec.layerBegin,
+                                                 ops::kvElementBytes(so.kvType));
   const uint64_t kvBudget = kvPerToken * spec.nCtx * spec.maxSequences;
   w.updateFree();
   const uint64_t freeBytes = w.info.freeBytes;

@@ -185,3 +185,160 @@ TEST_CASE("sampler: invalid parameters and inputs") {
   CHECK_THROWS_AS(s.sample(std::vector<float>{}), std::invalid_argument);
   CHECK_THROWS_AS(s.sample(std::vector<float>{1.0f, std::nanf("")}), std::invalid_argument);
 }
+
+namespace {
+
+// Whether the logit of `id` after the penalties lies within (v - 1e-3, v + 1e-3): greedy picks
+// `id` over a probe id at v - 1e-3 and the probe at v + 1e-3 (every other logit is -100).
+bool penalisedNear(SamplingParams p, float base, int32_t id, std::vector<int32_t> history, float v) {
+  p.temperature = 0.0f;
+  constexpr int32_t probe = 7;
+  std::vector<float> logits(8, -100.0f);
+  logits[size_t(id)] = base;
+  Sampler s(p);
+  logits[probe] = v - 1e-3f;
+  const bool above = s.sample(logits, history) == id;
+  logits[probe] = v + 1e-3f;
+  const bool below = s.sample(logits, history) == probe;
+  return above && below;
+}
+
+// The penalties as documented, applied by hand: repetition once per distinct id, then
+// logit -= frequency * count + presence, over the last repeatLastN ids.
+std::vector<float> penalisedByHand(std::vector<float> logits, const std::vector<int32_t>& history,
+                                   const SamplingParams& p) {
+  const size_t lastN = p.repeatLastN < 0 ? history.size() : std::min(history.size(), size_t(p.repeatLastN));
+  std::vector<uint32_t> count(logits.size(), 0);
+  for (size_t i = history.size() - lastN; i < history.size(); ++i) {
+    if (history[i] >= 0 && size_t(history[i]) < logits.size()) ++count[size_t(history[i])];
+  }
+  for (size_t id = 0; id < logits.size(); ++id) {
+    if (count[id] == 0) continue;
+    float& x = logits[id];
+    if (p.repeatPenalty != 1.0f) x = x > 0.0f ? x / p.repeatPenalty : x * p.repeatPenalty;
+    if (p.presencePenalty != 0.0f || p.frequencyPenalty != 0.0f) {
+      x -= p.frequencyPenalty * static_cast<float>(count[id]) + p.presencePenalty;
+    }
+  }
+  return logits;
+}
+
+}  // namespace
+
+TEST_CASE("sampler: presence and frequency penalties, hand-computed, within the window only") {
+  SamplingParams f = plain(0.0f);
+  f.frequencyPenalty = 0.5f;
+  const std::vector<int32_t> h = {3, 1, 3, 3};
+  CHECK(penalisedNear(f, 2.0f, 3, h, 2.0f - 3 * 0.5f));  // 3 occurrences
+  CHECK(penalisedNear(f, 2.0f, 1, h, 2.0f - 0.5f));      // 1 occurrence
+  CHECK(penalisedNear(f, 2.0f, 2, h, 2.0f));             // absent: untouched
+  CHECK(!penalisedNear(f, 2.0f, 3, h, 2.0f - 0.5f));     // the check can fail
+  SamplingParams pr = plain(0.0f);
+  pr.presencePenalty = 0.7f;
+  CHECK(penalisedNear(pr, 2.0f, 3, h, 2.0f - 0.7f));  // once, whatever the count
+  CHECK(penalisedNear(pr, 2.0f, 1, h, 2.0f - 0.7f));
+  CHECK(penalisedNear(pr, 2.0f, 2, h, 2.0f));
+  SamplingParams both = f;
+  both.presencePenalty = 0.7f;
+  CHECK(penalisedNear(both, 2.0f, 3, h, 2.0f - 1.5f - 0.7f));
+  CHECK(penalisedNear(both, -1.0f, 1, h, -1.0f - 0.5f - 0.7f));
+  // Negative penalties make repeats more likely.
+  SamplingParams neg = plain(0.0f);
+  neg.frequencyPenalty = -0.5f;
+  neg.presencePenalty = -2.0f;
+  CHECK(penalisedNear(neg, 2.0f, 3, h, 2.0f + 1.5f + 2.0f));
+  // Only the last repeatLastN ids count; -1: the whole history; 0: none.
+  const std::vector<int32_t> w = {3, 3, 3, 1, 3};
+  SamplingParams last2 = both;
+  last2.repeatLastN = 2;
+  CHECK(penalisedNear(last2, 2.0f, 3, w, 2.0f - 0.5f - 0.7f));  // once among {1, 3}
+  CHECK(penalisedNear(last2, 2.0f, 1, w, 2.0f - 0.5f - 0.7f));
+  SamplingParams all = both;
+  all.repeatLastN = -1;
+  CHECK(penalisedNear(all, 2.0f, 3, w, 2.0f - 4 * 0.5f - 0.7f));
+  SamplingParams none = both;
+  none.repeatLastN = 0;
+  CHECK(penalisedNear(none, 2.0f, 3, w, 2.0f));
+  // Ids outside the vocabulary are ignored.
+  CHECK(penalisedNear(both, 2.0f, 3, {3, 99, -1, 8}, 2.0f - 0.5f - 0.7f));
+  // After the repetition penalty: divided (positive) or multiplied (negative), then subtracted.
+  SamplingParams rep = both;
+  rep.repeatPenalty = 2.0f;
+  CHECK(penalisedNear(rep, 2.0f, 3, h, 2.0f / 2.0f - 1.5f - 0.7f));
+  CHECK(penalisedNear(rep, -1.0f, 1, h, -1.0f * 2.0f - 0.5f - 0.7f));
+}
+
+TEST_CASE("sampler: penalties on random cases are exactly the documented rule; 0 penalties change nothing") {
+  // A sampler with penalties draws what a penalty-free sampler with the same seed draws from
+  // the logits penalised by hand (same float operations: bit-identical), through top-k, top-p,
+  // min-p and temperature.
+  for (const auto& [presence, frequency, repeat] :
+       {std::array<float, 3>{0.0f, 0.0f, 1.1f}, {0.0f, 0.0f, 1.0f}, {0.6f, 0.0f, 1.0f},
+        {0.0f, -0.4f, 1.0f}, {1.3f, 0.8f, 1.2f}, {-0.0f, -0.0f, 1.1f}}) {
+    CAPTURE(presence);
+    CAPTURE(frequency);
+    CAPTURE(repeat);
+    SamplingParams p;
+    p.seed = 4242;
+    p.temperature = 1.3f;
+    p.minP = 0.01f;
+    p.repeatLastN = 24;
+    p.repeatPenalty = repeat;
+    p.presencePenalty = presence;
+    p.frequencyPenalty = frequency;
+    SamplingParams free = p;
+    free.repeatPenalty = 1.0f;
+    free.presencePenalty = 0.0f;
+    free.frequencyPenalty = 0.0f;
+    Sampler withPenalties(p), byHand(free);
+    std::vector<int32_t> history;
+    int differ = 0;
+    Sampler unpenalised(free);
+    for (uint64_t step = 0; step < 300; ++step) {
+      auto logits = randomLogits(9000 + step, 40);
+      const int32_t got = withPenalties.sample(logits, history);
+      CHECK(got == byHand.sample(penalisedByHand(logits, history, p), history));
+      differ += got != unpenalised.sample(logits, history);
+      history.push_back(got);
+    }
+    // The penalties do something (the random histories repeat ids).
+    if (presence != 0.0f || frequency != 0.0f || repeat != 1.0f) CHECK(differ > 0);
+  }
+  // 0 penalties: the same draws as penalties left at their defaults (absent).
+  SamplingParams absent;
+  absent.seed = 99;
+  absent.repeatPenalty = 1.1f;
+  SamplingParams zero = absent;
+  zero.presencePenalty = 0.0f;
+  zero.frequencyPenalty = -0.0f;
+  Sampler a(absent), z(zero);
+  std::vector<int32_t> history;
+  for (uint64_t step = 0; step < 300; ++step) {
+    auto logits = randomLogits(step, 64);
+    const int32_t x = a.sample(logits, history);
+    CHECK(x == z.sample(logits, history));
+    history.push_back(x);
+  }
+}
+
+TEST_CASE("sampler: presence and frequency penalties must be in [-2, 2]") {
+  auto with = [](float presence, float frequency) {
+    SamplingParams p;
+    p.presencePenalty = presence;
+    p.frequencyPenalty = frequency;
+    return p;
+  };
+  CHECK_NOTHROW(Sampler(with(2.0f, -2.0f)));
+  CHECK_NOTHROW(Sampler(with(-2.0f, 2.0f)));
+  CHECK_THROWS_WITH_AS(Sampler(with(2.5f, 0.0f)), "sampling: presence penalty must be in [-2, 2], got 2.500000",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Sampler(with(-2.01f, 0.0f)), "sampling: presence penalty must be in [-2, 2], got -2.010000",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Sampler(with(0.0f, 3.0f)), "sampling: frequency penalty must be in [-2, 2], got 3.000000",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Sampler(with(0.0f, std::nanf(""))), "sampling: frequency penalty must be in [-2, 2], got nan",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Sampler(with(std::numeric_limits<float>::infinity(), 0.0f)),
+                       "sampling: presence penalty must be in [-2, 2], got inf", std::invalid_argument);
+  CHECK_THROWS_AS(with(0.0f, -2.5f).validate(), std::invalid_argument);
+}

@@ -3,7 +3,7 @@
 #include "kernels/t2.hpp"
 #include "model/config.hpp"
 #include "model/tokenizer.hpp"
-#include "tools/tern/generate.hpp"
+#include "convert/generate.hpp"
 
 #include <doctest/doctest.h>
 
@@ -40,16 +40,16 @@ std::vector<char> readAll(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-cli::GenResult gen(const std::string& layout, const std::string& out, uint64_t seed,
+convert::GenResult gen(const std::string& layout, const std::string& out, uint64_t seed,
                    double zeroFraction = 0.4, std::optional<uint32_t> nLayer = {}) {
-  cli::GenOptions o;
+  convert::GenOptions o;
   o.layout = layout;
   o.output = out;
   o.seed = seed;
   o.zeroFraction = zeroFraction;
   o.nLayer = nLayer;
   o.tokenizerDir = TERN_TEST_DATA;
-  return cli::generateModel(o);
+  return convert::generateModel(o);
 }
 
 // Codes of a TERN_T2 tensor, [nOut][k] values in {-1, 0, +1}, and its scale.
@@ -237,27 +237,27 @@ TEST_CASE("tern gen: 2B4T-tiny has the Llama-3 tokenizer") {
 }
 
 TEST_CASE("tern gen: bad options") {
-  cli::GenOptions o;
+  convert::GenOptions o;
   o.layout = "nope";
   o.dryRun = true;
   o.tokenizerDir = TERN_TEST_DATA;
   try {
-    cli::generateModel(o);
+    convert::generateModel(o);
     FAIL("no exception");
   } catch (const std::invalid_argument& e) {
     CHECK(std::string(e.what()).find("bitnet-tiny") != std::string::npos);
   }
   o.layout = "bitnet-tiny";
   o.zeroFraction = 1.5;
-  CHECK_THROWS_AS(cli::generateModel(o), std::invalid_argument);
+  CHECK_THROWS_AS(convert::generateModel(o), std::invalid_argument);
   o.zeroFraction = 0.4;
   o.nLayer = 0;
-  CHECK_THROWS_AS(cli::generateModel(o), std::invalid_argument);
+  CHECK_THROWS_AS(convert::generateModel(o), std::invalid_argument);
   o.nLayer.reset();
   o.tokenizerDir = "/nonexistent";
-  CHECK_THROWS(cli::generateModel(o));
+  CHECK_THROWS(convert::generateModel(o));
   // A dry run computes the exact size without writing.
   o.tokenizerDir = TERN_TEST_DATA;
-  auto r = cli::generateModel(o);
+  auto r = convert::generateModel(o);
   CHECK(r.fileBytes > layoutSize(r.layout).tensorBytes);
 }

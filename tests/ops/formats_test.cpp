@@ -6,7 +6,7 @@
 #include "model/gguf.hpp"
 #include "ops/stage.hpp"
 #include "tests/ops/reference_files.hpp"
-#include "tools/tern/convert.hpp"
+#include "convert/convert.hpp"
 
 #include <doctest/doctest.h>
 
@@ -203,7 +203,7 @@ TEST_CASE("formats: tern convert between all formats changes no result") {
       CAPTURE(name);
       CAPTURE(tr.name);
       const std::string out = (tmp.path / (std::string(tr.shortName) + "-" + name)).string();
-      cli::ConvertResult r = cli::convertModel({kTiny + name, out, to});
+      convert::ConvertResult r = convert::convertModel({kTiny + name, out, to});
       CHECK(r.converted == 14);
       CHECK(r.lossy == 0);
       CHECK(r.copied == 10);
@@ -223,8 +223,8 @@ TEST_CASE("formats: tern convert between all formats changes no result") {
     CAPTURE(name);
     const std::string mid = (tmp.path / "mid.gguf").string(), back = (tmp.path / "back.gguf").string();
     const auto to = std::string(name) == "model-tq2_0.gguf" ? WeightFormat::TQ2_0 : WeightFormat::TQ1_0;
-    cli::convertModel({kTiny + name, mid, WeightFormat::I2S});
-    cli::convertModel({mid, back, to});
+    convert::convertModel({kTiny + name, mid, WeightFormat::I2S});
+    convert::convertModel({mid, back, to});
     auto a = gguf::File::open(kTiny + name), b = gguf::File::open(back);
     for (const gguf::TensorInfo& t : a->tensors()) {
       CAPTURE(t.name);
@@ -234,7 +234,7 @@ TEST_CASE("formats: tern convert between all formats changes no result") {
   }
   // The F32 file's ternary values convert exactly (no absmean), to the same weights.
   const std::string fromF32 = (tmp.path / "f32-tq1.gguf").string();
-  cli::ConvertResult r = cli::convertModel({kTiny + "model-f32.gguf", fromF32, WeightFormat::TQ1_0});
+  convert::ConvertResult r = convert::convertModel({kTiny + "model-f32.gguf", fromF32, WeightFormat::TQ1_0});
   CHECK(r.lossy == 0);
   const Run f32 = runModel(kTiny + "model-f32.gguf");
   const Run conv = runModel(fromF32);
@@ -248,7 +248,7 @@ TEST_CASE("formats: a whole model converted generates the same tokens (and error
   const std::string stories = std::string(TERN_TEST_DATA) + "/stories260K/stories260K.gguf";
   const std::string t2 = (tmp.path / "s-t2.gguf").string();
   std::vector<std::string> warned;
-  cli::ConvertResult r = cli::convertModel({stories, t2, WeightFormat::T2}, {},
+  convert::ConvertResult r = convert::convertModel({stories, t2, WeightFormat::T2}, {},
                                            [&](const std::string& w) { warned.push_back(w); });
   CHECK(r.converted == 35);
   CHECK(r.lossy == 35);
@@ -256,7 +256,7 @@ TEST_CASE("formats: a whole model converted generates the same tokens (and error
   CHECK(warned[0].find("lossy") != std::string::npos);
   // Its ternarised weights: T2 and its own round trip through T2 again run identically.
   const std::string t2b = (tmp.path / "s-t2b.gguf").string();
-  CHECK(cli::convertModel({t2, t2b, WeightFormat::T2}).lossy == 0);
+  CHECK(convert::convertModel({t2, t2b, WeightFormat::T2}).lossy == 0);
   CHECK(sameRun(runModel(t2), runModel(t2b)));
   // Hand check of absmean on one tensor: s = mean|W| of the float weights.
   {
@@ -279,13 +279,13 @@ TEST_CASE("formats: a whole model converted generates the same tokens (and error
       CHECK(codes[i] == int8_t(std::clamp(std::nearbyint(w[i] / s), -1.0f, 1.0f)));
   }
 
-  CHECK_THROWS_WITH_AS(cli::convertModel({stories, (tmp.path / "x.gguf").string(), WeightFormat::TQ2_0}),
+  CHECK_THROWS_WITH_AS(convert::convertModel({stories, (tmp.path / "x.gguf").string(), WeightFormat::TQ2_0}),
                        doctest::Contains("is not a multiple of 256"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(cli::convertModel({stories, (tmp.path / "x.gguf").string(), WeightFormat::I2S}),
+  CHECK_THROWS_WITH_AS(convert::convertModel({stories, (tmp.path / "x.gguf").string(), WeightFormat::I2S}),
                        doctest::Contains("I2_S is written only for bitnet"), std::invalid_argument);
   CHECK_FALSE(std::filesystem::exists(tmp.path / "x.gguf"));
-  CHECK_THROWS_AS(cli::parseConvertTarget("q4_k"), std::invalid_argument);
-  CHECK(cli::parseConvertTarget("tq1_0") == WeightFormat::TQ1_0);
+  CHECK_THROWS_AS(convert::parseConvertTarget("q4_k"), std::invalid_argument);
+  CHECK(convert::parseConvertTarget("tq1_0") == WeightFormat::TQ1_0);
 
   // A TQ2_0 file whose blocks carry different scales is refused on load, naming the tensor.
   auto src = gguf::File::open(kTiny + "model-tq2_0.gguf");
@@ -304,6 +304,6 @@ TEST_CASE("formats: a whole model converted generates the same tokens (and error
   CHECK_THROWS_WITH_AS(Stage(f, cfg, {0, cfg.nLayer, true, true}, {}),
                        doctest::Contains("blk.1.attn_k.weight (TQ2_0): per-block scales"),
                        gguf::FormatError);
-  CHECK_THROWS_WITH_AS(cli::convertModel({bad, (tmp.path / "y.gguf").string(), WeightFormat::T2}),
+  CHECK_THROWS_WITH_AS(convert::convertModel({bad, (tmp.path / "y.gguf").string(), WeightFormat::T2}),
                        doctest::Contains("one scale per tensor"), gguf::FormatError);
 }

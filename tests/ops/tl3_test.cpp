@@ -7,7 +7,7 @@
 #include "model/gguf.hpp"
 #include "ops/linear.hpp"
 #include "ops/stage.hpp"
-#include "tools/tern/convert.hpp"
+#include "convert/convert.hpp"
 
 #include <doctest/doctest.h>
 
@@ -77,7 +77,7 @@ bool sameBits(const std::vector<float>& a, const std::vector<float>& b) {
 TEST_CASE("tl3: tiny-bitnet converted to TERN_TL3 gives the I2_S file's logits bit for bit") {
   TempDir tmp;
   const std::string tl3 = (tmp.path / "tl3.gguf").string();
-  cli::ConvertResult r = cli::convertModel({kTiny + "model-i2_s.gguf", tl3, kernels::WeightFormat::TL3});
+  convert::ConvertResult r = convert::convertModel({kTiny + "model-i2_s.gguf", tl3, kernels::WeightFormat::TL3});
   CHECK(r.converted == 14);
   CHECK(r.lossy == 0);
   CHECK(r.warnings.empty());
@@ -97,7 +97,7 @@ TEST_CASE("tl3: tiny-bitnet converted to TERN_TL3 gives the I2_S file's logits b
 
   // And back: TL3 -> I2_S reproduces the original projection bytes.
   const std::string back = (tmp.path / "back.gguf").string();
-  cli::convertModel({tl3, back, kernels::WeightFormat::I2S});
+  convert::convertModel({tl3, back, kernels::WeightFormat::I2S});
   auto orig = gguf::File::open(kTiny + "model-i2_s.gguf");
   auto b = gguf::File::open(back);
   for (const gguf::TensorInfo& t : orig->tensors()) {
@@ -113,8 +113,8 @@ TEST_CASE("tl3: tiny-bitnet converted to TERN_TL3 gives the I2_S file's logits b
 TEST_CASE("tl3: a Linear over TERN_TL3 equals the same weights as TERN_T2, int8 and float") {
   TempDir tmp;
   const std::string tl3 = (tmp.path / "tl3.gguf").string(), t2 = (tmp.path / "t2.gguf").string();
-  cli::convertModel({kTiny + "model-i2_s.gguf", tl3, kernels::WeightFormat::TL3});
-  cli::convertModel({kTiny + "model-i2_s.gguf", t2, kernels::WeightFormat::T2});
+  convert::convertModel({kTiny + "model-i2_s.gguf", tl3, kernels::WeightFormat::TL3});
+  convert::convertModel({kTiny + "model-i2_s.gguf", t2, kernels::WeightFormat::T2});
   auto a = gguf::File::open(tl3), b = gguf::File::open(t2);
   const auto* info = a->findTensor("blk.1.ffn_down.weight");
   REQUIRE(info);
@@ -140,7 +140,7 @@ TEST_CASE("tl3: a Linear over TERN_TL3 equals the same weights as TERN_T2, int8 
 TEST_CASE("tl3: a corrupt TERN_TL3 magnitude is a clear load error") {
   TempDir tmp;
   const std::string tl3 = (tmp.path / "tl3.gguf").string(), bad = (tmp.path / "bad.gguf").string();
-  cli::convertModel({kTiny + "model-i2_s.gguf", tl3, kernels::WeightFormat::TL3});
+  convert::convertModel({kTiny + "model-i2_s.gguf", tl3, kernels::WeightFormat::TL3});
   std::string name;
   uint32_t k = 0, nOut = 0;
   std::string bytes;

@@ -1,7 +1,7 @@
 // tern convert: rewrite a model's ternary projections into another weight format
-// (see tools/tern/convert.hpp).
+// (see convert/convert.hpp).
 #include "tools/tern/commands.hpp"
-#include "tools/tern/convert.hpp"
+#include "convert/convert.hpp"
 #include "tools/tern/progress.hpp"
 
 #include <cstdio>
@@ -9,6 +9,7 @@
 #include <string>
 
 namespace tern::cli {
+using namespace tern::convert;  // the library this command drives
 
 void addConvertCommand(CLI::App& app) {
   auto opts = std::make_shared<ConvertOptions>();

@@ -1,6 +1,6 @@
-// tern gen: write a synthetic ternary GGUF for a named layout (see tools/tern/generate.hpp).
+// tern gen: write a synthetic ternary GGUF for a named layout (see convert/generate.hpp).
 #include "tools/tern/commands.hpp"
-#include "tools/tern/generate.hpp"
+#include "convert/generate.hpp"
 #include "tools/tern/progress.hpp"
 
 #include <cstdio>
@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 namespace tern::cli {
+using namespace tern::convert;  // the library this command drives
 
 namespace {
 

@@ -6,13 +6,13 @@
 // same worker, protocol and coordinator code (runtime/pipeline.hpp).
 // Generated text goes to stdout as it is produced; everything else goes to stderr.
 #include "tools/tern/commands.hpp"
+#include "runtime/chat_session.hpp"
 #include "runtime/model_file.hpp"
 #include "runtime/metrics_endpoint.hpp"
 #include "runtime/pipeline.hpp"
 
 #include "coordinator/generator.hpp"
 #include "kernels/dispatch.hpp"
-#include "model/chat_template.hpp"
 #include "model/config.hpp"
 #include "model/gguf.hpp"
 #include "model/tokenizer.hpp"
@@ -44,7 +44,7 @@ struct RunOptions {
   std::string prompt;
   std::string promptFile;
   int nPredict = 128;
-  int threads = 0;  // 0: Machine::defaultThreads()
+  int threads = 0;  // 0: each worker's cores (topo::threadsFor)
   int ctx = 0;      // 0: min(model context, 4096)
   float temp = 0.8f;
   int64_t seed = -1;  // < 0: random
@@ -97,14 +97,11 @@ void printText(std::string_view s) {
 }
 
 // Interactive chat: user lines from stdin until EOF or "/exit"; -p is the system prompt. The
-// KV cache is kept across turns: each turn feeds only the text the template adds after what the
-// cache already holds.
-void runChat(coord::Generator& gen, const Tokenizer& tok, const ChatTemplate& tmpl,
-             const RunOptions& o, const coord::SamplingParams& sp) {
-  std::fprintf(stderr, "chat template: %s; end with EOF (Ctrl-D) or /exit\n", tmpl.name().c_str());
-  std::vector<ChatMessage> messages;
-  if (!o.prompt.empty()) messages.push_back({"system", o.prompt});
-  std::string cached;  // template text whose tokens are in the KV cache
+// KV cache is kept across turns (runtime/chat_session.hpp).
+void runChat(coord::Generator& gen, ChatSession& chat, const RunOptions& o,
+             const coord::SamplingParams& sp) {
+  std::fprintf(stderr, "chat template: %s; end with EOF (Ctrl-D) or /exit\n",
+               chat.chatTemplate().name().c_str());
   gen.open(sp);
   for (int turn = 1;; ++turn) {
     std::fputs("> ", stderr);
@@ -113,27 +110,17 @@ void runChat(coord::Generator& gen, const Tokenizer& tok, const ChatTemplate& tm
     if (!std::getline(std::cin, line) || line == "/exit") break;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
-    messages.push_back({"user", line});
-    const std::string full = tmpl.apply(messages, true);
-    std::string delta;
-    if (full.compare(0, cached.size(), cached) == 0) {
-      delta = full.substr(cached.size());
-    } else {  // the template rewrote earlier turns: start the sequence again
-      gen.open(sp);
-      delta = full;
-    }
-    const bool addBos = gen.position() == 0 && !o.noBos;
-    std::vector<TokenId> ids = tok.encode(delta, addBos, /*parseSpecial=*/true);
+    const ChatSession::Turn t = chat.user(line);
+    if (t.restart) gen.open(sp);
     std::string reply;
     coord::GenerateCallbacks cb;
     cb.onText = [&](std::string_view s) {
       reply += s;
       printText(s);
     };
-    const coord::TurnResult r = gen.feed(ids, o.nPredict, cb);
+    const coord::TurnResult r = gen.feed(t.ids, o.nPredict, cb);
     printText("\n");
-    messages.push_back({"assistant", reply});
-    cached = tmpl.apply(messages, false);
+    chat.reply(reply);
     std::fprintf(stderr, "turn %d: prompt: %u tokens, %.2f tok/s | generation: %u tokens, %.2f tok/s | context %u/%u\n",
                  turn, r.promptTokens, r.promptTokensPerSecond(), r.genTokens,
                  r.genTokensPerSecond(), gen.position(), gen.nCtx());
@@ -160,7 +147,6 @@ void run(RunOptions o, const std::vector<std::string>& givenFlags) {
 
   const topo::Machine machine = topo::Machine::detect();
   std::fprintf(stderr, "machine: %s\n", machine.summary().c_str());
-  if (o.threads == 0) o.threads = static_cast<int>(machine.defaultThreads());
 
   const OpenedModel model = openModel(o.model);
   const auto& file = model.file;
@@ -242,7 +228,8 @@ void run(RunOptions o, const std::vector<std::string>& givenFlags) {
                static_cast<unsigned long long>(sp.seed));
 
   if (o.chat) {
-    runChat(gen, *tokenizer, ChatTemplate::forModel(*file, cfg.arch), o, sp);
+    ChatSession chat(model, o.prompt, !o.noBos);
+    runChat(gen, chat, o, sp);
     return;
   }
 

@@ -1,4 +1,4 @@
-#include "tools/tern/convert.hpp"
+#include "convert/convert.hpp"
 
 #include "kernels/f16.hpp"
 #include "model/config.hpp"
@@ -10,7 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
-namespace tern::cli {
+namespace tern::convert {
 
 namespace {
 
@@ -216,4 +216,4 @@ ConvertResult convertModel(const ConvertOptions& opts, const gguf::Writer::Progr
   return *result;
 }
 
-}  // namespace tern::cli
+}  // namespace tern::convert

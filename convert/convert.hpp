@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-namespace tern::cli {
+namespace tern::convert {
 
 struct ConvertOptions {
   std::string input;
@@ -47,4 +47,4 @@ ConvertResult convertModel(const ConvertOptions& opts,
                            const gguf::Writer::Progress& progress = {},
                            const std::function<void(const std::string&)>& warn = {});
 
-}  // namespace tern::cli
+}  // namespace tern::convert

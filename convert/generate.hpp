@@ -24,7 +24,7 @@
 #define TERN_DATA_DIR "tests/data"
 #endif
 
-namespace tern::cli {
+namespace tern::convert {
 
 struct GenOptions {
   std::string layout;  // a name findLayout() knows (case-insensitive)
@@ -54,4 +54,4 @@ GenResult generateModel(const GenOptions& opts, const gguf::Writer::Progress& pr
 //            pad id) and "<mask>" (32001) as user-defined tokens, as in 1bitLLM's 32002 vocab.
 Vocab layoutVocab(const Layout& l, const std::string& tokenizerDir);
 
-}  // namespace tern::cli
+}  // namespace tern::convert

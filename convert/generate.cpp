@@ -1,4 +1,4 @@
-#include "tools/tern/generate.hpp"
+#include "convert/generate.hpp"
 
 #include "kernels/t2.hpp"
 
@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <vector>
 
-namespace tern::cli {
+namespace tern::convert {
 
 namespace {
 
@@ -270,4 +270,4 @@ GenResult generateModel(const GenOptions& o, const gguf::Writer::Progress& progr
   return res;
 }
 
-}  // namespace tern::cli
+}  // namespace tern::convert
