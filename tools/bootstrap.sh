@@ -9,12 +9,21 @@ cd "$(dirname "$0")/.."
 job=${1:-demo}
 
 packages=(g++ meson ninja-build pkg-config capnproto libcapnp-dev libhwloc-dev hwloc
-          prometheus-cpp-dev doctest-dev libasio-dev nlohmann-json3-dev libcli11-dev libboost1.81-dev
-          iproute2 curl)
-# test also cross-compiles the kernels for AArch64 and runs their tests under qemu-user.
-if [ "$job" = test ]; then packages+=(g++-aarch64-linux-gnu qemu-user); fi
+          prometheus-cpp-dev doctest-dev libasio-dev nlohmann-json3-dev libcli11-dev
+          libboost1.81-dev iproute2 curl)
+# test also cross-compiles the kernels for AArch64 and runs their tests under qemu-user, and
+# drives `tern serve` with real clients (tests/serve: node, headless chromium, prometheus).
+if [ "$job" = test ]; then
+  packages+=(g++-aarch64-linux-gnu qemu-user nodejs npm chromium prometheus)
+fi
 missing=()
 for p in "${packages[@]}"; do
+  # A node from elsewhere (e.g. a nodejs package that bundles npm) counts: installing Debian's
+  # npm beside it would conflict.
+  case "$p" in
+    nodejs) command -v node >/dev/null 2>&1 && continue ;;
+    npm) command -v npm >/dev/null 2>&1 && continue ;;
+  esac
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
