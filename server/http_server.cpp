@@ -15,6 +15,7 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -691,11 +692,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void afterResponse() {
     responseQueued_ = false;
     ex_.reset();
-    if (!keepAlive_) {
-      beast::error_code ec;
-      sock_.shutdown(tcp::socket::shutdown_send, ec);
-      return close();
-    }
+    if (!keepAlive_) return lingerClose();
     if (watching_) {
       readAfterWatch_ = true;
       beast::error_code ec;
@@ -703,6 +700,29 @@ class Session : public std::enable_shared_from_this<Session> {
     } else {
       doRead();
     }
+  }
+
+  // Closes after the response: our side first, then whatever the client still sends (the rest
+  // of a body we refused) is read and dropped for up to a second, so that a client still
+  // writing sees the response instead of a reset (as nginx's lingering close).
+  void lingerClose() {
+    beast::error_code ec;
+    sock_.shutdown(tcp::socket::shutdown_send, ec);
+    if (ec || closed_) return close();
+    readTimer_.expires_after(std::chrono::seconds(1));
+    readTimer_.async_wait([self = shared_from_this()](beast::error_code e) {
+      if (!e) self->close();
+    });
+    if (!watching_) drain();  // (a pending watch read already reads what comes)
+  }
+
+  void drain() {
+    if (closed_) return;
+    auto scratch = std::make_shared<std::array<char, 16384>>();
+    sock_.async_read_some(asio::buffer(*scratch), [self = shared_from_this(), scratch](beast::error_code ec, size_t) {
+      if (ec) return self->close();
+      self->drain();
+    });
   }
 
   void send(std::string data) {
