@@ -36,11 +36,13 @@ inline Model& model() {
   return m;
 }
 
-// Stages over layer cuts, e.g. {0, 2, 3, 5}, linked first to last through NextHop.local.
+// Stages over layer cuts, e.g. {0, 2, 3, 5}, linked first to last through NextHop.local; the
+// servers stay inspectable (stats: sequences open, KV bytes).
 struct Pipeline {
   std::vector<proto::Stage::Client> caps;
+  std::vector<worker::StageServer*> servers;  // owned by caps
 
-  Pipeline(kj::WaitScope& ws, const std::vector<uint32_t>& cuts) {
+  Pipeline(kj::WaitScope& ws, const std::vector<uint32_t>& cuts, worker::StageLimits limits = {}) {
     const Model& m = model();
     for (size_t i = 0; i + 1 < cuts.size(); ++i) {
       ops::StageOptions opts;
@@ -49,13 +51,12 @@ struct Pipeline {
       ops::StageRange range{cuts[i], cuts[i + 1], i == 0, i + 2 == cuts.size()};
       worker::HopResolver resolve = [this](proto::NextHop::Reader hop) -> kj::Promise<proto::Stage::Client> {
         KJ_REQUIRE(hop.isLocal() && hop.getLocal() < caps.size(), "test resolver: local hops only");
-        auto paf = kj::newPromiseAndFulfiller<proto::Stage::Client>();
-        paf.fulfiller->fulfill(proto::Stage::Client(caps[hop.getLocal()]));
-        return kj::mv(paf.promise);
+        return proto::Stage::Client(caps[hop.getLocal()]);
       };
-      caps.push_back(kj::heap<worker::StageServer>(std::make_unique<ops::Stage>(m.file, m.cfg, range, opts),
-                                                   1u, "test", static_cast<uint32_t>(i),
-                                                   worker::StageLimits{}, resolve));
+      auto server = kj::heap<worker::StageServer>(std::make_unique<ops::Stage>(m.file, m.cfg, range, opts),
+                                                  1u, "test", static_cast<uint32_t>(i), limits, resolve);
+      servers.push_back(server.get());
+      caps.push_back(kj::mv(server));
     }
     for (size_t i = 0; i + 1 < caps.size(); ++i) {
       auto req = caps[i].linkRequest();
@@ -68,6 +69,13 @@ struct Pipeline {
     std::vector<proto::Stage::Client> out;
     for (auto& c : caps) out.emplace_back(c);
     return out;
+  }
+
+  // Sequences open on each stage.
+  std::vector<uint32_t> sequences() const {
+    std::vector<uint32_t> n;
+    for (const auto* s : servers) n.push_back(s->stats().sequences);
+    return n;
   }
 };
 

@@ -17,47 +17,8 @@ using namespace tern::test;
 
 namespace {
 
-// Stages over layer cuts whose servers the test can inspect (stats: sequences open, KV bytes).
-struct Stages {
-  std::vector<proto::Stage::Client> caps;
-  std::vector<worker::StageServer*> servers;  // owned by caps
-
-  Stages(kj::WaitScope& ws, const std::vector<uint32_t>& cuts, worker::StageLimits limits = {}) {
-    const Model& m = model();
-    for (size_t i = 0; i + 1 < cuts.size(); ++i) {
-      ops::StageOptions opts;
-      opts.threads = 1;
-      opts.hugePages = false;
-      ops::StageRange range{cuts[i], cuts[i + 1], i == 0, i + 2 == cuts.size()};
-      worker::HopResolver resolve = [this](proto::NextHop::Reader hop) -> kj::Promise<proto::Stage::Client> {
-        KJ_REQUIRE(hop.isLocal() && hop.getLocal() < caps.size(), "test resolver: local hops only");
-        return proto::Stage::Client(caps[hop.getLocal()]);
-      };
-      auto server = kj::heap<worker::StageServer>(std::make_unique<ops::Stage>(m.file, m.cfg, range, opts),
-                                                  1u, "test", static_cast<uint32_t>(i), limits, resolve);
-      servers.push_back(server.get());
-      caps.push_back(kj::mv(server));
-    }
-    for (size_t i = 0; i + 1 < caps.size(); ++i) {
-      auto req = caps[i].linkRequest();
-      req.initNext().setLocal(static_cast<uint32_t>(i + 1));
-      req.send().wait(ws);
-    }
-  }
-
-  std::vector<proto::Stage::Client> copy() {
-    std::vector<proto::Stage::Client> out;
-    for (auto& c : caps) out.emplace_back(c);
-    return out;
-  }
-
-  // Sequences open on each stage.
-  std::vector<uint32_t> sequences() const {
-    std::vector<uint32_t> n;
-    for (const auto* s : servers) n.push_back(s->stats().sequences);
-    return n;
-  }
-};
+// Stages over layer cuts whose servers the test can inspect (sequences open, KV bytes).
+using Stages = Pipeline;
 
 struct ErrorHandler final : public kj::TaskSet::ErrorHandler {
   std::vector<std::string> errors;
