@@ -1,6 +1,7 @@
 // `tern bench` as a user runs it: the markdown table, the JSON and `tern bench kernels` parse and
 // hold sane values. A smoke test: no timing is asserted beyond "positive" and "below 2x the bound".
 #include "model/layouts.hpp"
+#include "tests/e2e/background.hpp"
 #include "tests/e2e/spawn.hpp"
 #include "topology/bandwidth.hpp"
 
@@ -206,6 +207,41 @@ TEST_CASE("e2e bench: bad input gives a one-line error") {
     CHECK(r.exitCode != 0);
     CHECK(r.err.find("unknown layout 'nope'") != std::string::npos);
   }
+}
+
+}  // namespace tern::e2e
+
+namespace tern::e2e {
+
+TEST_CASE("e2e: tern bench serve against tern serve counts every request and no error") {
+  Background server({"serve", "-m", kStories, "--port", "0", "--parallel", "4", "-t", "1"});
+  const auto port = server.waitFor(R"(tern serve listening on http://127\.0\.0\.1:(\d+))", 60);
+  REQUIRE_MESSAGE(port, server.err());
+  REQUIRE_MESSAGE(server.waitFor(R"(tern serve ready)", 60), server.err());
+  const std::string url = "http://127.0.0.1:" + *port;
+  const RunResult r = runTern({"bench", "serve", url, "-c", "1,3", "-p", "8", "-n", "6", "--requests", "6",
+                               "--token-ids", "100-500", "--json"});
+  REQUIRE_MESSAGE(r.exitCode == 0, r.err);
+  const auto rows = nlohmann::json::parse(r.out);
+  REQUIRE(rows.size() == 2);
+  for (const auto& row : rows) {
+    CAPTURE(row.dump());
+    CHECK(row["errors"] == 0);
+    CHECK(row["requests"] == 6);
+    CHECK(row["model"] == "stories260K");
+    // Counted from the usage chunks: at most 6 requests x 6 tokens (an end of text ends sooner).
+    CHECK(row["output_tokens"].get<int>() > 0);
+    CHECK(row["output_tokens"].get<int>() <= 36);
+    CHECK(row["requests_per_s"].get<double>() > 0);
+    CHECK(row["ttft_p50_ms"].get<double>() > 0);
+    CHECK(row["ttft_p99_ms"].get<double>() >= row["ttft_p50_ms"].get<double>());
+  }
+  CHECK(rows[0]["concurrency"] == 1);
+  CHECK(rows[1]["concurrency"] == 3);
+  // A server that is not there is one line naming it.
+  const RunResult bad = runTern({"bench", "serve", "http://127.0.0.1:1", "--requests", "1"});
+  CHECK(bad.exitCode != 0);
+  CHECK(bad.err.find("127.0.0.1:1") != std::string::npos);
 }
 
 }  // namespace tern::e2e
