@@ -2,6 +2,8 @@
 // errors, every greedy output equal to its solo `tern run`, and the server's resident memory flat
 // after warm-up. Bound asserted: the median VmRSS of the last third of the samples is at most
 // 1.10 x the median of the first third + 16 MiB (samples once a second after a 5 s warm-up).
+// Meanwhile /health is polled every 200 ms: it must answer 200 each time within 1 s (busy streams
+// never starve it).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { STORIES, STORIES_ID, startServe, stopAll, ternRun, rssBytes, sleep, scrape, metricSum, openaiClient } from './lib.mjs';
@@ -39,6 +41,19 @@ test(`${CLIENTS} streaming clients for ${SECONDS} s: no errors, solo outputs, fl
     }
   })();
 
+  const health = [];  // [status, ms] per poll
+  const healthPoller = (async () => {
+    while (sampling) {
+      const h0 = Date.now();
+      let status = 0;
+      try {
+        status = (await fetch(`${srv.url}/health`, { signal: AbortSignal.timeout(5000) })).status;
+      } catch { status = -1; }
+      health.push([status, Date.now() - h0]);
+      await sleep(200);
+    }
+  })();
+
   const errors = []; const mismatches = []; let done = 0; let tokens = 0;
   const clients = Array.from({ length: CLIENTS }, async (_, c) => {
     for (let i = 0; i < MAX_REQUESTS_PER_CLIENT && Date.now() < deadline; i++) {
@@ -64,12 +79,20 @@ test(`${CLIENTS} streaming clients for ${SECONDS} s: no errors, solo outputs, fl
   await Promise.all(clients);
   sampling = false;
   await sampler;
+  await healthPoller;
   const secs = (Date.now() - t0) / 1000;
   console.log(`# ${done} requests, ${tokens} tokens in ${secs.toFixed(1)} s; RSS MiB: ${rss.map((x) => (x / MiB).toFixed(1)).join(' ')}`);
 
   assert.deepEqual(errors, [], `${errors.length} errors`);
   assert.deepEqual(mismatches.slice(0, 3), [], `${mismatches.length} of ${done} outputs differ from their solo run`);
   assert.ok(done >= CLIENTS, `only ${done} requests finished`);
+
+  assert.ok(health.length >= SECONDS, `only ${health.length} /health polls`);
+  const badHealth = health.filter(([st]) => st !== 200);
+  assert.deepEqual(badHealth.slice(0, 3), [], `${badHealth.length} of ${health.length} /health polls did not answer 200`);
+  const slowest = Math.max(...health.map(([, ms]) => ms));
+  console.log(`# /health: ${health.length} polls under load, slowest ${slowest} ms`);
+  assert.ok(slowest < 1000, `/health took ${slowest} ms under load (bound 1000 ms)`);
 
   assert.ok(rss.length >= 6, `only ${rss.length} memory samples`);
   const third = Math.floor(rss.length / 3);
