@@ -2,6 +2,7 @@
 
 #include "coordinator/planner.hpp"
 
+#include <filesystem>
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
@@ -45,6 +46,9 @@ Pipeline::Pipeline(kj::AsyncIoContext& io, const OpenedModel& model, const Pipel
       h.numa = i < machine.nodes.size() ? static_cast<int>(machine.nodes[i].index) : -1;
       h.threads = o.threads > 0 ? static_cast<unsigned>(o.threads) : 0;
       h.calibrate = false;  // symmetric nodes: layers are split evenly
+      // The process's own workers read the model file where it is (and nothing outside its
+      // directory, like any worker).
+      h.modelDir = std::filesystem::absolute(model.path).parent_path().string();
       h.metrics = o.metrics;
       local_.push_back(std::make_unique<worker::WorkerThread>(h));
       addresses.push_back(local_.back()->address());
@@ -93,7 +97,9 @@ Pipeline::Pipeline(kj::AsyncIoContext& io, const OpenedModel& model, const Pipel
 
   coord::LoadOptions lo;
   lo.source = embedded() ? coord::ShardSource::Path : parseSource(o.source);
-  lo.path = o.workerPath.empty() ? model.path : o.workerPath;
+  // Our own copy's absolute path (a worker on this machine finds it whatever its working
+  // directory); --worker-model as given (a relative one is taken inside the worker's --model-dir).
+  lo.path = o.workerPath.empty() ? std::filesystem::absolute(model.path).string() : o.workerPath;
   lo.spec.maxSequences = o.maxSequences;
   lo.spec.nCtx = o.nCtx;
   lo.spec.threads = o.threads > 0 ? static_cast<uint32_t>(o.threads) : 0;

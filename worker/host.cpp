@@ -197,6 +197,7 @@ void serve(const HostOptions& opts,
   wo.numaNode = info.numaNode;
   wo.threads = info.threads;
   wo.cacheDir = opts.cacheDir;
+  wo.modelDir = opts.modelDir;
   wo.calibrate = opts.calibrate;
   wo.memoryLimitBytes = opts.memoryLimitBytes;
   wo.metrics = opts.metrics;

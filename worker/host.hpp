@@ -29,6 +29,7 @@ struct HostOptions {
                                        // the most memory)
   unsigned threads = 0;                // 0 = the node's cores
   std::string cacheDir;                // uploaded shards; "" = $TMPDIR/tern-worker-<pid>
+  std::string modelDir;                // shards by path only from inside it; "" = streamed only
   bool calibrate = true;
   uint64_t memoryLimitBytes = 0;       // 0 = the node's memory
   std::shared_ptr<prometheus::Registry> metrics;  // null = no metrics

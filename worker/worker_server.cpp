@@ -236,6 +236,7 @@ struct WorkerServer::Impl {
   proto::WorkerInfoData& info;  // WorkerServer::info_ (freeBytes kept current)
   std::unique_ptr<WorkerMetrics> metrics;
   std::string cacheDir;
+  fs::path modelDir;         // canonical; empty = no shards by path
   bool ownCacheDir = false;  // a temporary directory made by this worker: removed at the end
   std::shared_ptr<std::set<uint64_t>> uploading = std::make_shared<std::set<uint64_t>>();
   std::map<uint32_t, std::shared_ptr<ShardSlot>> shards;
@@ -355,6 +356,14 @@ WorkerServer::WorkerServer(WorkerOptions opts, kj::Network& network,
   } else {
     w.cacheDir = w.opts.cacheDir;
   }
+  if (!w.opts.modelDir.empty()) {
+    std::error_code dirEc;
+    w.modelDir = fs::canonical(w.opts.modelDir, dirEc);
+    if (dirEc || !fs::is_directory(w.modelDir)) {
+      throw std::runtime_error("--model-dir " + w.opts.modelDir + " is not a directory" +
+                               (dirEc ? ": " + dirEc.message() : std::string()));
+    }
+  }
   std::error_code ec;
   fs::create_directories(w.cacheDir, ec);
   if (ec) throw std::runtime_error("cannot create the cache directory " + w.cacheDir + ": " + ec.message());
@@ -413,6 +422,30 @@ kj::Promise<void> WorkerServer::upload(UploadContext context) {
   return kj::READY_NOW;
 }
 
+// The file a shard by path may be read from: `requested` (relative to modelDir when relative)
+// resolved through "..", "." and symlinks, which must lie inside modelDir. Refused (an RPC error
+// naming the path, before the file is opened) otherwise, and always without a modelDir.
+static std::string confinedPath(const fs::path& modelDir, const std::string& requested, const std::string& layers) {
+  if (modelDir.empty()) {
+    fail("loadShard " + layers + ": this worker reads no model file by path (start it with --model-dir "
+         "DIR to allow files inside DIR); send the shard streamed");
+  }
+  const fs::path p = fs::path(requested).is_absolute() ? fs::path(requested) : modelDir / requested;
+  // Containment first (weakly_canonical resolves the existing part, symlinks included), so that
+  // whether a file outside exists is never told.
+  std::error_code ec;
+  const fs::path real = fs::weakly_canonical(p, ec);
+  const auto rel = ec ? fs::path() : real.lexically_relative(modelDir);
+  if (rel.empty() || *rel.begin() == ".." || rel.is_absolute()) {
+    fail("loadShard " + layers + ": " + requested + " is outside this worker's --model-dir " +
+         modelDir.string());
+  }
+  if (!fs::is_regular_file(real, ec)) {
+    fail("loadShard " + layers + ": " + requested + " is not a file in --model-dir " + modelDir.string());
+  }
+  return real.string();
+}
+
 kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   Impl& w = *impl_;
   proto::ShardSpecData spec;
@@ -426,7 +459,8 @@ kj::Promise<void> WorkerServer::loadShard(LoadShardContext context) {
   // The file and its identity.
   std::shared_ptr<const gguf::File> file;
   const bool fromUpload = spec.sourcePath.empty();
-  const std::string path = fromUpload ? w.uploadPath(spec.sourceUpload) : spec.sourcePath;
+  const std::string path = fromUpload ? w.uploadPath(spec.sourceUpload)
+                                      : confinedPath(w.modelDir, spec.sourcePath, layers);
   if (fromUpload && !fs::exists(path)) {
     fail("loadShard " + layers + ": no uploaded shard " + proto::hashHex(spec.sourceUpload) +
          " on this worker (upload it first)");

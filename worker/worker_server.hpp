@@ -46,6 +46,9 @@ struct WorkerOptions {
   int numaNode = -1;          // node the worker is pinned to; -1 = not pinned
   unsigned threads = 0;       // compute threads; 0 = the node's cores
   std::string cacheDir;       // where uploaded shard files are kept; "" = a temp directory
+  // Shards by path (ShardSpec.source.path) are read only from files inside this directory (after
+  // resolving "..", symlinks and relative paths); "" = none: only streamed shards are accepted.
+  std::string modelDir;
   bool calibrate = true;      // measure the calibration matmul and bandwidth at start (~0.3 s)
   uint64_t memoryLimitBytes = 0;  // 0 = the node's memory (hwloc), else this budget (tests)
   std::shared_ptr<prometheus::Registry> metrics;  // null = no metrics

@@ -95,6 +95,7 @@ TEST_CASE("cluster: two workers serve stories260K from their path and streamed, 
     h.calibrate = false;
     h.numa = -1;
     h.threads = 1;
+    h.modelDir = TERN_TEST_DATA;  // stories260K/ and tiny-bitnet/ (a wrong model, below)
     workers.push_back(std::make_unique<worker::WorkerThread>(h));
   }
   coord::Cluster cluster(io, {workers[0]->address(), workers[1]->address()});

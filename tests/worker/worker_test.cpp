@@ -17,6 +17,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -37,6 +38,7 @@ worker::HostOptions hostOptions(uint64_t memoryLimit = 0) {
   h.listen = "127.0.0.1:0";
   h.calibrate = false;
   h.memoryLimitBytes = memoryLimit;
+  h.modelDir = std::string(TERN_TEST_DATA) + "/stories260K";
   return h;
 }
 
@@ -640,4 +642,62 @@ TEST_CASE("worker: stopping a worker with clients connected and shards loaded") 
   });
   CHECK(!err.empty());
   CHECK(!rpcError(ws, [&] { return forward(whole.stage, tokenBatch(1, 0, {5}, 1)); }).empty());
+}
+
+TEST_CASE("worker: shards by path only from inside --model-dir (no .., no symlink out); none without one") {
+  namespace fs = std::filesystem;
+  char tmpl[] = "/tmp/tern-modeldir-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const fs::path root = tmpl;
+  const fs::path dir = root / "models";
+  fs::create_directories(dir);
+  fs::copy_file(kModel, dir / "stories.gguf");
+  fs::copy_file(kModel, root / "outside.gguf");
+  fs::create_symlink(root / "outside.gguf", dir / "link.gguf");
+  fs::create_symlink(dir / "stories.gguf", dir / "inner-link.gguf");
+
+  auto file = gguf::File::open(kModel);
+  const uint64_t hash = modelHashOf(*file);
+  {
+    worker::HostOptions h = hostOptions();
+    h.modelDir = dir.string();
+    worker::WorkerThread w(h);
+    auto io = kj::setupAsyncIo();
+    Conn c(io, w.address());
+    auto& ws = io.waitScope;
+    auto at = [&](const std::string& path) {
+      auto s = spec(hash, 0, 5, true, true);
+      s.sourcePath = path;
+      return rpcError(ws, [&] { return loadAsync(c, s).ignoreResult(); });
+    };
+    const std::string outside = "is outside this worker's --model-dir " + fs::canonical(dir).string();
+    CHECK_ERROR(at((dir / ".." / "outside.gguf").string()), outside);
+    CHECK_ERROR(at("../outside.gguf"), outside);
+    CHECK_ERROR(at((dir / "link.gguf").string()), outside);
+    CHECK_ERROR(at("/etc/passwd"), outside);
+    CHECK_ERROR(at("/nonexistent/secret.gguf"), outside);  // existence outside is never told
+    CHECK_ERROR(at((dir / "missing.gguf").string()), "is not a file in --model-dir");
+    CHECK_ERROR(at(dir.string()), "is not a file in --model-dir");
+    // Inside: absolute, relative to the directory, and through a symlink that stays inside.
+    CHECK(at((dir / "stories.gguf").string()) == "");
+    CHECK(at("stories.gguf") == "");
+    CHECK(at((dir / "inner-link.gguf").string()) == "");
+  }
+  {
+    worker::HostOptions h = hostOptions();
+    h.modelDir.clear();
+    worker::WorkerThread w(h);
+    auto io = kj::setupAsyncIo();
+    Conn c(io, w.address());
+    auto s = spec(hash, 0, 5, true, true);
+    s.sourcePath = (dir / "stories.gguf").string();
+    CHECK_ERROR(rpcError(io.waitScope, [&] { return loadAsync(c, s).ignoreResult(); }),
+                "this worker reads no model file by path (start it with --model-dir");
+  }
+  {
+    worker::HostOptions h = hostOptions();
+    h.modelDir = (root / "no-such-dir").string();
+    CHECK_THROWS_WITH_AS(worker::WorkerThread{h}, doctest::Contains("is not a directory"), std::exception);
+  }
+  fs::remove_all(root);
 }

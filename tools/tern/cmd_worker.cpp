@@ -22,6 +22,7 @@ struct WorkerCliOptions {
   std::string numa = "auto";
   unsigned threads = 0;
   std::string cacheDir;
+  std::string modelDir;
   std::string metrics;
   bool noCalibrate = false;
   uint64_t memoryLimitMib = 0;
@@ -65,6 +66,8 @@ void addWorkerCommand(CLI::App& app) {
   cmd->add_option("--numa", o->numa, "NUMA node to pin threads and memory to: N, auto or none (auto)");
   cmd->add_option("--threads", o->threads, "compute threads (the node's physical cores)");
   cmd->add_option("--cache-dir", o->cacheDir, "where uploaded shards are kept (a temporary directory)");
+  cmd->add_option("--model-dir", o->modelDir, "read model files by path only from inside DIR "
+                  "(default: none, only streamed shards)");
   cmd->add_option("--metrics", o->metrics, "serve Prometheus metrics at HOST:PORT/metrics (none)");
   cmd->add_flag("--no-calibrate", o->noCalibrate, "skip the bandwidth and matmul measurements at start");
   cmd->add_option("--memory-limit-mib", o->memoryLimitMib,
@@ -75,6 +78,7 @@ void addWorkerCommand(CLI::App& app) {
     h.numa = parseNuma(o->numa);
     h.threads = o->threads;
     h.cacheDir = o->cacheDir;
+    h.modelDir = o->modelDir;
     h.calibrate = !o->noCalibrate;
     h.memoryLimitBytes = o->memoryLimitMib << 20;
 
