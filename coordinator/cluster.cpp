@@ -158,11 +158,11 @@ struct Cluster::Impl {
   std::vector<proto::WorkerInfoData> infos;
 };
 
-Cluster::Cluster(kj::AsyncIoContext& io, const std::vector<std::string>& addresses)
+Cluster::Cluster(kj::AsyncIoContext& io, const std::vector<std::string>& addresses, bool insecure)
     : impl_(std::make_unique<Impl>(io)) {
   for (const std::string& address : addresses) {
     try {
-      impl_->conns.push_back(proto::dialWorker(io.provider->getNetwork(), address).wait(io.waitScope));
+      impl_->conns.push_back(proto::dialWorker(io.provider->getNetwork(), address, insecure).wait(io.waitScope));
     } catch (const kj::Exception& e) {
       throw std::runtime_error("worker " + address + ": " + describe(e));
     }

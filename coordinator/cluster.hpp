@@ -64,7 +64,8 @@ class Cluster {
  public:
   // Dials every address and says hello (version check). Throws std::runtime_error naming the
   // worker that cannot be reached or refuses.
-  Cluster(kj::AsyncIoContext& io, const std::vector<std::string>& addresses);
+  // A non-loopback address needs `insecure` (plain, unauthenticated TCP): refused before dialling.
+  Cluster(kj::AsyncIoContext& io, const std::vector<std::string>& addresses, bool insecure = false);
   ~Cluster();
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;

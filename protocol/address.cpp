@@ -1,5 +1,6 @@
 #include "protocol/address.hpp"
 
+#include <cstdio>
 #include <stdexcept>
 
 namespace tern::proto {
@@ -33,6 +34,33 @@ HostPort parseHostPort(const std::string& text, unsigned minPort) {
 std::string joinHostPort(const std::string& host, unsigned port) {
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
   return host + ":" + std::to_string(port);
+}
+
+bool isLoopbackHost(const std::string& host) {
+  if (host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1") return true;
+  // 127.a.b.c, each part a decimal byte.
+  unsigned parts[4];
+  char tail = 0;
+  if (std::sscanf(host.c_str(), "%u.%u.%u.%u%c", &parts[0], &parts[1], &parts[2], &parts[3], &tail) != 4) {
+    return false;
+  }
+  for (unsigned p : parts) {
+    if (p > 255) return false;
+  }
+  return parts[0] == 127 && host.find_first_not_of("0123456789.") == std::string::npos;
+}
+
+void checkPlainLink(const std::string& address, bool insecure, const std::string& what) {
+  if (insecure) return;
+  HostPort hp;
+  try {
+    hp = parseHostPort(address);
+  } catch (const std::invalid_argument&) {
+    return;  // the caller's parser names a malformed address
+  }
+  if (isLoopbackHost(hp.host)) return;
+  throw std::invalid_argument(address + " is not a loopback address: cluster links are plain, "
+                              "unauthenticated TCP, so " + what + " another host needs --insecure");
 }
 
 }  // namespace tern::proto

@@ -20,4 +20,13 @@ HostPort parseHostPort(const std::string& text, unsigned minPort = 0);
 // "host:port", with brackets around an IPv6 host.
 std::string joinHostPort(const std::string& host, unsigned port);
 
+// A loopback host: 127.0.0.0/8 written as a dotted quad, ::1, or "localhost". Names are not
+// resolved: any other name is not loopback.
+bool isLoopbackHost(const std::string& host);
+
+// Cluster links are plain, unauthenticated TCP: allowed on loopback, elsewhere only when the
+// user said --insecure. Throws std::invalid_argument("ADDRESS is not a loopback address: ...")
+// for "host:port" otherwise (what = "listening on" / "dialling").
+void checkPlainLink(const std::string& address, bool insecure, const std::string& what);
+
 }  // namespace tern::proto

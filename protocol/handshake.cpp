@@ -1,5 +1,7 @@
 #include "protocol/handshake.hpp"
 
+#include "protocol/address.hpp"
+
 #include <stdexcept>
 #include <utility>
 
@@ -44,7 +46,13 @@ kj::Promise<StageInfoData> hello(Stage::Client stage) {
   });
 }
 
-kj::Promise<kj::Own<WorkerConnection>> dialWorker(kj::Network& network, const std::string& address) {
+kj::Promise<kj::Own<WorkerConnection>> dialWorker(kj::Network& network, const std::string& address,
+                                                  bool insecure) {
+  try {
+    checkPlainLink(address, insecure, "dialling");
+  } catch (const std::invalid_argument& e) {
+    throwRpcError(std::string("refused: ") + e.what());
+  }
   auto conn = kj::heap<WorkerConnection>();
   conn->address = address;
   WorkerConnection* c = conn.get();

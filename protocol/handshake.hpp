@@ -37,7 +37,9 @@ struct WorkerConnection {
 };
 
 // Parses and connects to "host:port", bootstraps Worker and says hello. Fails with
-// "cannot connect: WHY" or "hello: WHY" (the caller names the address).
-kj::Promise<kj::Own<WorkerConnection>> dialWorker(kj::Network& network, const std::string& address);
+// "cannot connect: WHY" or "hello: WHY" (the caller names the address); a non-loopback address
+// without `insecure` fails before any packet is sent (checkPlainLink's message).
+kj::Promise<kj::Own<WorkerConnection>> dialWorker(kj::Network& network, const std::string& address,
+                                                  bool insecure);
 
 }  // namespace tern::proto

@@ -251,6 +251,7 @@ BenchReport runModelBench(const ModelBenchOptions& o, const BenchLog& log) {
       for (int t : threads) {
         PipelineOptions po;
         po.workers = o.workers;
+        po.insecure = o.insecure;
         po.stages = o.stages;
         po.split = o.split;
         po.source = o.source;

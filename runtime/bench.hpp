@@ -37,6 +37,7 @@ struct ModelBenchOptions {
   uint64_t seed = 1234;           // token ids
   uint64_t bandwidthBytes = 0;    // probe buffer; 0 = topo::measureReadBandwidth's default
   std::vector<std::string> workers;  // running `tern worker`s; empty = embedded default
+  bool insecure = false;          // --insecure: workers not on loopback (plain TCP)
   std::string split = "auto";     // runtime/pipeline.hpp PipelineOptions::split
   std::string source = "auto";    // where workers get the weights: auto | path | stream
   // Concurrent-sequence tests: for each count S, S sequences decode nGen tokens each at once

@@ -55,7 +55,7 @@ Pipeline::Pipeline(kj::AsyncIoContext& io, const OpenedModel& model, const Pipel
     }
   }
 
-  cluster_ = std::make_unique<coord::Cluster>(io, addresses);
+  cluster_ = std::make_unique<coord::Cluster>(io, addresses, o.insecure);
   const auto& infos = cluster_->workers();
   for (const auto& w : infos) {
     std::string line = "worker " + w.address + ": ";

@@ -26,6 +26,7 @@ namespace tern::runtime {
 
 struct PipelineOptions {
   std::vector<std::string> workers;  // host:port of running workers; empty = embedded
+  bool insecure = false;             // --insecure: workers that are not on loopback (plain TCP)
   int stages = 0;                    // stages; 0 = one per worker
   std::string split = "auto";        // auto | even | plan: how layers are divided. auto: plan
                                      // (in proportion to measured speed) with --workers, even

@@ -168,6 +168,7 @@ void serve(const HostOptions& opts,
   proto::HostPort listen;
   try {
     listen = proto::parseHostPort(opts.listen);  // port 0: any free port
+    proto::checkPlainLink(opts.listen, opts.insecure, "listening on");
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot listen on " + opts.listen + ": " + e.what());
   }
@@ -198,6 +199,7 @@ void serve(const HostOptions& opts,
   wo.threads = info.threads;
   wo.cacheDir = opts.cacheDir;
   wo.modelDir = opts.modelDir;
+  wo.insecure = opts.insecure;
   wo.calibrate = opts.calibrate;
   wo.memoryLimitBytes = opts.memoryLimitBytes;
   wo.metrics = opts.metrics;

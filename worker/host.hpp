@@ -30,6 +30,7 @@ struct HostOptions {
   unsigned threads = 0;                // 0 = the node's cores
   std::string cacheDir;                // uploaded shards; "" = $TMPDIR/tern-worker-<pid>
   std::string modelDir;                // shards by path only from inside it; "" = streamed only
+  bool insecure = false;               // listen on / dial non-loopback addresses (plain TCP)
   bool calibrate = true;
   uint64_t memoryLimitBytes = 0;       // 0 = the node's memory
   std::shared_ptr<prometheus::Registry> metrics;  // null = no metrics

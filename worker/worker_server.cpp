@@ -282,7 +282,7 @@ kj::Promise<proto::Worker::Client> WorkerServer::Impl::dial(const std::string& a
   auto peer = kj::heap<Peer>();
   Peer* p = peer.get();
   kj::Promise<proto::Worker::Client> connected =
-      proto::dialWorker(network, address)
+      proto::dialWorker(network, address, opts.insecure)
           .then([p](kj::Own<proto::WorkerConnection> conn) {
             p->conn = kj::mv(conn);
             p->watch = p->conn->rpc->onDisconnect()

@@ -49,6 +49,7 @@ struct WorkerOptions {
   // Shards by path (ShardSpec.source.path) are read only from files inside this directory (after
   // resolving "..", symlinks and relative paths); "" = none: only streamed shards are accepted.
   std::string modelDir;
+  bool insecure = false;      // may dial next workers that are not on loopback (plain TCP)
   bool calibrate = true;      // measure the calibration matmul and bandwidth at start (~0.3 s)
   uint64_t memoryLimitBytes = 0;  // 0 = the node's memory (hwloc), else this budget (tests)
   std::shared_ptr<prometheus::Registry> metrics;  // null = no metrics

@@ -44,6 +44,21 @@ TEST_CASE("cluster: worker lists, even shards and shards from a plan") {
   CHECK_THROWS_WITH_AS(proto::parseHostPort("host:"), "port must be a number in [0, 65535]",
                        std::invalid_argument);
 
+  // Plain links: loopback only, unless --insecure.
+  for (const char* h : {"127.0.0.1", "127.1.2.3", "localhost", "::1"}) CHECK(proto::isLoopbackHost(h));
+  for (const char* h : {"0.0.0.0", "::", "10.0.0.2", "128.0.0.1", "127.0.0.256", "127.0.0.1x", "127.0.0",
+                        "myhost", "127.0.0.1.example", ""}) {
+    CAPTURE(h);
+    CHECK_FALSE(proto::isLoopbackHost(h));
+  }
+  CHECK_NOTHROW(proto::checkPlainLink("127.0.0.1:7000", false, "dialling"));
+  CHECK_NOTHROW(proto::checkPlainLink("[::1]:7000", false, "dialling"));
+  CHECK_NOTHROW(proto::checkPlainLink("10.0.0.2:7000", true, "dialling"));
+  CHECK_THROWS_WITH_AS(proto::checkPlainLink("10.0.0.2:7000", false, "dialling"),
+                       "10.0.0.2:7000 is not a loopback address: cluster links are plain, unauthenticated "
+                       "TCP, so dialling another host needs --insecure",
+                       std::invalid_argument);
+
   const auto even = coord::evenShards(5, 2, 3);  // worker 0: stage 0, worker 1: stages 1, 2
   REQUIRE(even.size() == 3);
   CHECK(even[0].worker == 0);

@@ -174,6 +174,15 @@ TEST_CASE("e2e cluster: unreachable workers and bad worker lists give one clear 
   r = runTern({"run", "-m", e2e::kStories, "-p", "x", "-n", "1", "--workers", "nohost"});
   CHECK(r.exitCode != 0);
   CHECK(r.err.find("nohost") != std::string::npos);
+  // Plain TCP beyond loopback needs --insecure: refused before anything is sent or bound (0.0.0.0
+  // would mean this host, were it dialled; it is not).
+  r = runTern({"run", "-m", e2e::kStories, "-p", "x", "-n", "1", "--workers", "0.0.0.0:1"});
+  CHECK(r.exitCode != 0);
+  CHECK(r.err.find("0.0.0.0:1 is not a loopback address") != std::string::npos);
+  CHECK(r.err.find("needs --insecure") != std::string::npos);
+  r = runTern({"worker", "--listen", "0.0.0.0:0", "--no-calibrate"});
+  CHECK(r.exitCode != 0);
+  CHECK(r.err.find("cannot listen on 0.0.0.0:0: 0.0.0.0:0 is not a loopback address") != std::string::npos);
   // A worker asked for more layers than it can hold refuses before allocating.
   e2e::WorkerProcess small({"--memory-limit-mib", "1"});
   r = runTern({"run", "-m", e2e::kStories, "-p", "x", "-n", "1", "--workers", small.address()});

@@ -58,7 +58,7 @@ echo "links: $shaping"
 workers=""
 for i in 1 2 3; do
   addr="10.213.0.$((i + 1)):7000"
-  ip netns exec "${hosts[$i]}" "$tern" worker --listen "$addr" --threads 1 --no-calibrate \
+  ip netns exec "${hosts[$i]}" "$tern" worker --listen "$addr" --insecure --threads 1 --no-calibrate \
     >"$tmp/w$i.out" 2>"$tmp/w$i.err" &
   pids+=($!)
   workers+="${workers:+,}$addr"
@@ -73,7 +73,7 @@ done
 
 args=(-m "$model" -p "Once upon a time" -n 32 --temp 0 -t 1)
 "$tern" run "${args[@]}" --stages 1 --logits-out "$tmp/one.logits" >"$tmp/one.txt" 2>"$tmp/one.err"
-ip netns exec "${hosts[0]}" "$tern" run "${args[@]}" --workers "$workers" --split even \
+ip netns exec "${hosts[0]}" "$tern" run "${args[@]}" --workers "$workers" --insecure --split even \
   --shard-source stream --logits-out "$tmp/cluster.logits" >"$tmp/cluster.txt" 2>"$tmp/cluster.err" ||
   { echo "cluster run failed:"; cat "$tmp/cluster.err"; exit 1; }
 

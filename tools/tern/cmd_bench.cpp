@@ -36,6 +36,7 @@ struct BenchArgs {
   std::string workers;
   std::string split = "auto";
   std::string source = "auto";
+  bool insecure = false;
   std::string concurrency;
 };
 
@@ -104,6 +105,8 @@ void addBenchCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "print a JSON array instead of the table");
   cmd->add_option("--stages", a->stages, "pipeline stages, spread over the workers (default: one per worker)");
+  cmd->add_flag("--insecure", a->insecure, "allow workers that are not on loopback: cluster links are plain, "
+                "unauthenticated TCP");
   cmd->add_option("--workers", a->workers, "running `tern worker`s host:port,... (default: in-process, one per NUMA node)");
   cmd->add_option("--split", a->split, "layers per stage: auto | even | plan")
       ->check(CLI::IsMember({"auto", "even", "plan"}))->capture_default_str();
@@ -209,6 +212,7 @@ void addBenchCommand(CLI::App& app) {
     if (!a->workers.empty()) o.workers = coord::parseWorkerList(a->workers);
     o.split = a->split;
     o.source = a->source;
+    o.insecure = a->insecure;
     if (!a->concurrency.empty()) o.concurrency = parseIntList(a->concurrency, "--concurrency", 1);
     oneLineErrors([&] {
       const BenchReport r = runModelBench(o, logLine);

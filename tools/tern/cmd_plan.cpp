@@ -27,6 +27,7 @@ struct PlanCliOptions {
   std::string model;
   std::string layout;
   std::string workers;
+  bool insecure = false;  // --insecure: non-loopback workers over plain TCP
   std::string cluster;
   std::string machine;
   uint32_t nCtx = 0;
@@ -139,6 +140,8 @@ void addPlanCommand(CLI::App& app) {
       "plan", "plan where each layer lives on a set of workers, with memory and predicted speed");
   cmd->add_option("-m,--model", o->model, "GGUF model (only its metadata and tensor table are read)");
   cmd->add_option("--layout", o->layout, "a named layout instead of a file (see `tern gen --list`)");
+  cmd->add_flag("--insecure", o->insecure, "allow workers that are not on loopback: cluster links are plain, "
+                "unauthenticated TCP");
   cmd->add_option("--workers", o->workers, "running `tern worker`s host:port,...: their measured speed and free memory");
   cmd->add_option("--cluster", o->cluster,
                   "JSON file: array of {name, cores, memory_gb, bandwidth_gbs, numa_nodes, "
@@ -194,7 +197,7 @@ void addPlanCommand(CLI::App& app) {
     if (!o->workers.empty()) {
       // Ask the workers: their hello carries measured bandwidth and calibration speed.
       auto io = kj::setupAsyncIo();
-      coord::Cluster cluster(io, coord::parseWorkerList(o->workers));
+      coord::Cluster cluster(io, coord::parseWorkerList(o->workers), o->insecure);
       for (const auto& w : cluster.workers()) ws.push_back(coord::workerSpecFromInfo(w));
       source = "live workers, as measured at their start";
     } else if (machine) {

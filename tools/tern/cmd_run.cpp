@@ -55,6 +55,7 @@ struct RunOptions {
   int repeatLastN = 64;
   int stages = 0;  // 0: one per worker
   std::string workers;      // host:port,...; empty = embedded default
+  bool insecure = false;    // --insecure: non-loopback workers over plain TCP
   std::string metrics;      // host:port of this process's Prometheus endpoint; empty = none
   double metricsLinger = 0; // seconds the endpoint keeps serving after generation
   std::string split = "auto";
@@ -185,6 +186,7 @@ void run(RunOptions o, const std::vector<std::string>& givenFlags) {
   PipelineOptions po;
   po.workers = o.workers.empty() ? std::vector<std::string>{} : coord::parseWorkerList(o.workers);
   po.stages = o.stages;
+  po.insecure = o.insecure;
   po.split = o.split;
   po.source = o.shardSource;
   po.workerPath = o.workerModel;
@@ -290,6 +292,8 @@ void addRunCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--stages", opts->stages,
                   "pipeline stages, spread evenly over the workers (default: one per worker)");
+  cmd->add_flag("--insecure", opts->insecure, "allow workers that are not on loopback: cluster links are plain, "
+                "unauthenticated TCP");
   cmd->add_option("--workers", opts->workers,
                   "running `tern worker`s host:port,... (default: one in-process worker per NUMA node)");
   cmd->add_option("--split", opts->split, "layers per stage: even, or plan (in proportion to the "

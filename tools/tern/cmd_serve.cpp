@@ -30,6 +30,7 @@ namespace {
 struct ServeArgs {
   std::string model;
   std::string workers;
+  bool insecure = false;
   std::string host = "127.0.0.1";
   int port = 8080;
   std::string apiKey, apiKeyFile;
@@ -82,6 +83,7 @@ void serve(const ServeArgs& a, bool threadsGiven) {
 
   runtime::ServiceOptions so;
   so.pipeline.workers = a.workers.empty() ? std::vector<std::string>{} : coord::parseWorkerList(a.workers);
+  so.pipeline.insecure = a.insecure;
   so.pipeline.stages = a.stages;
   so.pipeline.split = a.split;
   so.pipeline.source = a.shardSource;
@@ -147,6 +149,8 @@ void addServeCommand(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
   CLI::App* cmd = app.add_subcommand("serve", "serve a model over an OpenAI-compatible HTTP API");
   cmd->add_option("-m,--model", a->model, "model file (GGUF)")->required();
+  cmd->add_flag("--insecure", a->insecure, "allow workers that are not on loopback: cluster links are plain, "
+                "unauthenticated TCP");
   cmd->add_option("--workers", a->workers,
                   "running `tern worker`s host:port,... (default: one in-process worker per NUMA node)");
   cmd->add_option("--host", a->host, "address to listen on")->capture_default_str();

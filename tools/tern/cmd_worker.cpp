@@ -23,6 +23,7 @@ struct WorkerCliOptions {
   unsigned threads = 0;
   std::string cacheDir;
   std::string modelDir;
+  bool insecure = false;
   std::string metrics;
   bool noCalibrate = false;
   uint64_t memoryLimitMib = 0;
@@ -66,6 +67,8 @@ void addWorkerCommand(CLI::App& app) {
   cmd->add_option("--numa", o->numa, "NUMA node to pin threads and memory to: N, auto or none (auto)");
   cmd->add_option("--threads", o->threads, "compute threads (the node's physical cores)");
   cmd->add_option("--cache-dir", o->cacheDir, "where uploaded shards are kept (a temporary directory)");
+  cmd->add_flag("--insecure", o->insecure, "allow listening on, and dialling next workers at, addresses "
+                "that are not loopback: cluster links are plain, unauthenticated TCP");
   cmd->add_option("--model-dir", o->modelDir, "read model files by path only from inside DIR "
                   "(default: none, only streamed shards)");
   cmd->add_option("--metrics", o->metrics, "serve Prometheus metrics at HOST:PORT/metrics (none)");
@@ -79,6 +82,7 @@ void addWorkerCommand(CLI::App& app) {
     h.threads = o->threads;
     h.cacheDir = o->cacheDir;
     h.modelDir = o->modelDir;
+    h.insecure = o->insecure;
     h.calibrate = !o->noCalibrate;
     h.memoryLimitBytes = o->memoryLimitMib << 20;
 
