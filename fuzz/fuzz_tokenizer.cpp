@@ -4,7 +4,8 @@
 // is either text to encode (any bytes, invalid UTF-8 included) or little-endian int32 ids to
 // decode (ids outside the vocab included). Encoding must not throw (but std::length_error over
 // 4 GiB); decoding may throw only std::out_of_range, for an id outside the vocab. Every id an
-// encode returns must be in the vocab and decode without throwing.
+// encode returns must be in the vocab and decode without throwing, and well-formed UTF-8
+// encoded without special-token parsing must decode back to itself (both are lossless).
 #include "model/gguf.hpp"
 #include "model/tokenizer.hpp"
 
@@ -43,6 +44,32 @@ const Tokenizer& tokenizer(unsigned which) {
   return *t[which];
 }
 
+// Well-formed UTF-8 (no overlongs, surrogates or code points over U+10FFFF).
+bool validUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = uint8_t(s[i]);
+    size_t n;
+    uint32_t cp;
+    if (c < 0x80) { ++i; continue; }
+    if (c >= 0xC2 && c <= 0xDF) { n = 1; cp = c & 0x1F; }
+    else if (c >= 0xE0 && c <= 0xEF) { n = 2; cp = c & 0x0F; }
+    else if (c >= 0xF0 && c <= 0xF4) { n = 3; cp = c & 0x07; }
+    else return false;
+    if (i + n >= s.size()) return false;
+    for (size_t k = 1; k <= n; ++k) {
+      const auto d = uint8_t(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -61,7 +88,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::abort();
       }
     }
-    (void)tok.decode(ids, flagA);
+    (void)tok.decode(ids, true);
+    const std::string back = tok.decode(ids, false);
+    // Lossless: well-formed UTF-8 text without special tokens parsed comes back as it was
+    // (SentencePiece maps ' ' to U+2581, so text holding U+2581 itself is exempt there).
+    if (!flagB && validUtf8(text) &&
+        (tok.vocab().model == "gpt2" || text.find("\xe2\x96\x81") == std::string_view::npos) &&
+        back != text) {
+      std::fprintf(stderr, "decode(encode(text)) differs from the text (%zu bytes vs %zu)\n",
+                   back.size(), text.size());
+      std::abort();
+    }
     return 0;
   }
   std::vector<TokenId> ids(n / 4);

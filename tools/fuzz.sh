@@ -42,8 +42,9 @@ fi
 ninja -C $b ${FUZZ_JOBS:+-j "$FUZZ_JOBS"} >&2
 [ "$what" = build ] && exit 0
 
-export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:allocator_may_return_null=1}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# Ours first, then the caller's (a later entry wins).
+export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 failed=0
 for t in "${run[@]}"; do
   corpus=$b/corpus/$t art=$b/artifacts/$t
