@@ -1,5 +1,6 @@
 // libFuzzer target: the GGUF reader (gguf::File::open) and what is read from a file's metadata
-// at load time (model config, tokenizer vocab, chat template) over arbitrary bytes.
+// at load time (model config, tokenizer vocab, chat template) over arbitrary bytes, and the
+// writer over what the reader accepts (a rewrite reads back and rewrites to the same bytes).
 // Only gguf::FormatError (every malformed-file error) may escape those (and
 // std::invalid_argument from Tokenizer::create for a vocab it cannot build); anything else —
 // another exception, a crash, an ASan/UBSan report — is a bug.
@@ -16,23 +17,44 @@
 #include <cstdlib>
 #include <span>
 #include <string>
+#include <vector>
 
 using namespace tern;
 
 namespace {
 
-// The reader takes a path and maps it: the input goes into one memfd per process, rewritten
-// for every input, and is opened through /proc/self/fd.
-int memfd() {
-  static const int fd = [] {
-    const int f = ::memfd_create("fuzz_gguf", MFD_CLOEXEC);
-    if (f < 0) {
-      std::perror("memfd_create");
-      std::abort();
-    }
-    return f;
-  }();
-  return fd;
+// The reader takes a path and maps it: the input goes into a memfd (one per use, made once per
+// process and rewritten for every input), opened through /proc/self/fd.
+int newMemfd() {
+  const int f = ::memfd_create("fuzz_gguf", MFD_CLOEXEC);
+  if (f < 0) {
+    std::perror("memfd_create");
+    std::abort();
+  }
+  return f;
+}
+
+std::string store(int fd, const void* data, size_t size) {
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, data, size, 0) != ssize_t(size)) std::abort();
+  return "/proc/self/fd/" + std::to_string(fd);
+}
+
+// What the writer makes of a file's metadata and tensors, as bytes.
+std::vector<std::byte> rewrite(const gguf::File& f) {
+  gguf::Writer w(f.version(), f.alignment());
+  for (const auto& [key, value] : f.metadata()) w.set(key, value);
+  for (const auto& t : f.tensors()) {
+    const auto d = f.data(t);
+    w.addTensorBytes(t.name, t.type, t.ne, std::vector<std::byte>(d.begin(), d.end()));
+  }
+  std::vector<std::byte> out;
+  w.stream([&](std::span<const std::byte> b) { out.insert(out.end(), b.begin(), b.end()); });
+  return out;
+}
+
+[[noreturn]] void bug(const std::string& what) {
+  std::fprintf(stderr, "gguf: %s\n", what.c_str());
+  std::abort();
 }
 
 void touch(std::span<const std::byte> s) {
@@ -47,9 +69,8 @@ void touch(std::span<const std::byte> s) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const int fd = memfd();
-  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, data, size, 0) != ssize_t(size)) std::abort();
-  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  static const int fd = newMemfd(), fd2 = newMemfd();
+  const std::string path = store(fd, data, size);
   std::shared_ptr<const gguf::File> f;
   try {
     f = gguf::File::open(path);
@@ -62,6 +83,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)value.asFloat();
   }
   for (const auto& t : f->tensors()) touch(f->data(t));
+  // Whatever the reader accepts, the writer writes, the reader reads back and the writer then
+  // writes byte for byte the same (the first rewrite may normalise: offsets, padding). TL1/TL2
+  // (bitnet.cpp's shape-specific layouts) are read-only: the writer refuses them by design.
+  bool writable = f->fileSize() <= (1u << 20);
+  for (const auto& t : f->tensors())
+    writable = writable && t.type != TensorType::TL1 && t.type != TensorType::TL2;
+  if (writable) {
+    std::vector<std::byte> once, twice;
+    try {
+      once = rewrite(*f);
+      const std::string p2 = store(fd2, once.data(), once.size());
+      twice = rewrite(*gguf::File::open(p2));
+    } catch (const std::exception& e) {
+      bug(std::string("rewriting an accepted file failed: ") + e.what());
+    }
+    if (once != twice) bug("a rewritten file does not rewrite to the same bytes");
+  }
   try {
     (void)ModelConfig::fromGguf(*f);
   } catch (const gguf::FormatError&) {
