@@ -48,7 +48,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN
 failed=0
 for t in "${run[@]}"; do
   corpus=$b/corpus/$t art=$b/artifacts/$t
-  rm -rf "$corpus"; mkdir -p "$corpus" "$art"
+  rm -rf "$corpus" "$art"; mkdir -p "$corpus" "$art"
   cp fuzz/corpus/"$t"/* "$corpus"/
   log=$b/fuzz-$t.log
   set +e
