@@ -12,9 +12,10 @@ packages=(g++ meson ninja-build pkg-config capnproto libcapnp-dev libhwloc-dev h
           prometheus-cpp-dev doctest-dev libasio-dev nlohmann-json3-dev libcli11-dev
           libboost1.81-dev iproute2 curl)
 # test also cross-compiles the kernels for AArch64 and runs their tests under qemu-user, and
-# drives `tern serve` with real clients (tests/serve: node, headless chromium, prometheus).
+# drives `tern serve` with real clients (tests/serve: node, headless chromium, prometheus), and
+# runs the libFuzzer targets briefly (tools/fuzz.sh: clang-14, libfuzzer-14-dev).
 if [ "$job" = test ]; then
-  packages+=(g++-aarch64-linux-gnu qemu-user nodejs npm chromium prometheus)
+  packages+=(g++-aarch64-linux-gnu qemu-user nodejs npm chromium prometheus clang-14 libfuzzer-14-dev)
 fi
 missing=()
 for p in "${packages[@]}"; do
