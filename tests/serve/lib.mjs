@@ -216,11 +216,14 @@ export async function chatModel() {
 }
 export const CHAT_ID = 'tiny-chat';  // the --alias the tests give it
 
-// The official openai client for a server, with no retries (every error must show) and Node's
-// own fetch: openai@4's default node-fetch shim fails chunked SSE responses on Debian 12's
-// Node 18.20 ("Premature close", from any server, node:http included), Node's fetch does not.
+// The official openai client for a server, with no retries (every error must show), as it
+// comes: its default fetch (node-fetch) on Node 20 and later. On Node 18 it is given Node's own
+// fetch: openai@4's node-fetch shim fails chunked SSE responses on Debian 12's Node 18.20
+// ("Premature close", from any server, node:http included), Node's fetch does not.
+const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
 export function openaiClient(server, opts = {}) {
-  return new OpenAI({ baseURL: server.base, apiKey: 'unused', maxRetries: 0, timeout: 60000, fetch: globalThis.fetch, ...opts });
+  const fetchOpt = NODE_MAJOR < 20 ? { fetch: globalThis.fetch } : {};
+  return new OpenAI({ baseURL: server.base, apiKey: 'unused', maxRetries: 0, timeout: 60000, ...fetchOpt, ...opts });
 }
 
 // ---- HTTP ------------------------------------------------------------------------------------
