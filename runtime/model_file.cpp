@@ -1,5 +1,6 @@
 #include "runtime/model_file.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -42,6 +43,18 @@ std::string projectionTypes(const gguf::File& f) {
   std::string s;
   for (const auto& t : types) s += (s.empty() ? "" : ",") + t;
   return s;
+}
+
+uint32_t contextSize(const ModelConfig& cfg, uint64_t requested) {
+  constexpr uint64_t kMaxOverTrained = 16;
+  if (requested == 0) return std::min<uint32_t>(cfg.nCtxTrain, 4096);
+  const uint64_t limit = uint64_t{cfg.nCtxTrain} * kMaxOverTrained;
+  if (requested > limit) {
+    throw std::runtime_error("-c " + std::to_string(requested) + " is larger than the model supports (" +
+                             std::to_string(limit) + " = " + std::to_string(kMaxOverTrained) +
+                             " x its context length " + std::to_string(cfg.nCtxTrain) + ")");
+  }
+  return static_cast<uint32_t>(requested);
 }
 
 }  // namespace tern::runtime

@@ -25,6 +25,13 @@ struct OpenedModel {
 // for a file the config or tokenizer cannot use.
 OpenedModel openModel(const std::string& path);
 
+// Positions per sequence for a requested -c: 0 = min(model's context length, 4096). A request
+// may exceed the model's context_length (converters sometimes record a smaller one, e.g.
+// llama.cpp's llama2c converter writes 128 for a model trained on 512) up to 16 x; past that the
+// positions are meaningless, so it is refused (std::runtime_error "-c N is larger than the model
+// supports (...)") rather than allocating a huge KV cache.
+uint32_t contextSize(const ModelConfig& cfg, uint64_t requested);
+
 // Tensor types with counts: "F16 x1, F32 x25, TERN_T2 x84".
 std::string typeSummary(const gguf::File& f);
 // Types of the layers' projection tensors (blk.N.*.weight other than norms), e.g. "TERN_T2" or

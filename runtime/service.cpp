@@ -282,7 +282,7 @@ struct Service::Core final : public kj::TaskSet::ErrorHandler {
 Service::Service(OpenedModel model, ServiceOptions opts, topo::Machine machine)
     : model_(std::move(model)), opts_(std::move(opts)), machine_(std::move(machine)) {
   if (opts_.parallel == 0) throw std::invalid_argument("--parallel must be >= 1");
-  nCtx_ = opts_.nCtx ? opts_.nCtx : std::min<uint32_t>(model_.cfg.nCtxTrain, 4096);
+  nCtx_ = opts_.nCtx ? opts_.nCtx : contextSize(model_.cfg, 0);
   opts_.pipeline.nCtx = nCtx_;
   opts_.pipeline.maxSequences = opts_.parallel;
   if (opts_.metrics && !opts_.pipeline.metrics) opts_.pipeline.metrics = opts_.metrics;

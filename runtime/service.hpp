@@ -41,7 +41,7 @@ namespace tern::runtime {
 
 struct ServiceOptions {
   PipelineOptions pipeline;  // nCtx and maxSequences are set from the fields below
-  uint32_t nCtx = 0;         // positions per sequence (0: min(model, 4096))
+  uint32_t nCtx = 0;         // positions per sequence (0: contextSize(cfg, 0))
   uint32_t parallel = 8;     // sequences generating at once
   uint32_t queue = 64;       // generations waiting for a slot
   std::shared_ptr<prometheus::Registry> metrics;  // service gauges + the coordinator's; may be null

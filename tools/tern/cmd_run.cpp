@@ -70,10 +70,6 @@ struct RunOptions {
   bool noBos = false;
 };
 
-// -c may exceed the model's context_length (converters sometimes record a smaller one, e.g.
-// llama.cpp's llama2c converter writes 128 for a model trained on 512) up to this factor.
-constexpr uint64_t kMaxCtxOverTrained = 16;
-
 [[noreturn]] void fail(const std::string& msg) { throw std::runtime_error(msg); }
 
 std::string readFile(const std::string& path) {
@@ -154,17 +150,8 @@ void run(RunOptions o, const std::vector<std::string>& givenFlags) {
   const ModelConfig& cfg = model.cfg;
   const auto& tokenizer = model.tokenizer;
 
-  uint32_t nCtx = std::min<uint32_t>(cfg.nCtxTrain, 4096);
+  const uint32_t nCtx = contextSize(cfg, static_cast<uint64_t>(o.ctx));
   if (o.ctx > 0) {
-    // Positions past the trained context run (RoPE has no hard limit) but degrade; far past it
-    // they are meaningless, so refuse them rather than allocate a huge KV cache.
-    const uint64_t limit = uint64_t{cfg.nCtxTrain} * kMaxCtxOverTrained;
-    if (static_cast<uint64_t>(o.ctx) > limit) {
-      fail("-c " + std::to_string(o.ctx) + " is larger than the model supports (" +
-           std::to_string(limit) + " = " + std::to_string(kMaxCtxOverTrained) +
-           " x its context length " + std::to_string(cfg.nCtxTrain) + ")");
-    }
-    nCtx = static_cast<uint32_t>(o.ctx);
     if (nCtx > cfg.nCtxTrain) {
       std::fprintf(stderr, "warning: -c %u is beyond the model's trained context of %u\n", nCtx,
                    cfg.nCtxTrain);

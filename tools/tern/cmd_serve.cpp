@@ -65,10 +65,6 @@ void serve(const ServeArgs& a, bool threadsGiven) {
   const topo::Machine machine = topo::Machine::detect();
   runtime::OpenedModel model = runtime::openModel(a.model);
   const ModelConfig& cfg = model.cfg;
-  if (a.ctx > 0 && static_cast<uint64_t>(a.ctx) > uint64_t{cfg.nCtxTrain} * 16) {
-    throw std::runtime_error("-c " + std::to_string(a.ctx) + " is larger than the model supports (16 x its context length " +
-                             std::to_string(cfg.nCtxTrain) + ")");
-  }
 
   std::unique_ptr<runtime::MetricsEndpoint> endpoint;
   std::shared_ptr<prometheus::Registry> registry;
@@ -94,7 +90,7 @@ void serve(const ServeArgs& a, bool threadsGiven) {
   so.pipeline.kvType = a.kvType;
   so.pipeline.head = a.head;
   so.pipeline.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
-  so.nCtx = static_cast<uint32_t>(a.ctx);
+  so.nCtx = runtime::contextSize(cfg, static_cast<uint64_t>(a.ctx));
   so.parallel = static_cast<uint32_t>(a.parallel);
   so.queue = static_cast<uint32_t>(a.queue);
   so.metrics = registry;
@@ -113,7 +109,6 @@ void serve(const ServeArgs& a, bool threadsGiven) {
 
   std::fprintf(stderr, "tern serve: model %s (%s), %u layers, vocab %u; %d sequences at once, queue %d\n",
                ho.modelId.c_str(), a.model.c_str(), cfg.nLayer, cfg.nVocab, a.parallel, a.queue);
-  const std::string modelName = ho.modelId;
   runtime::Service service(std::move(model), std::move(so), machine);
   server::HttpServer http(service, std::move(ho), registry);
   std::fprintf(stderr, "tern serve listening on http://%s:%u\n",
@@ -140,7 +135,6 @@ void serve(const ServeArgs& a, bool threadsGiven) {
   std::fprintf(stderr, "tern serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   reporter.join();
   service.stop();  // no generation callback after this; then the HTTP side goes
-  (void)modelName;
 }
 
 }  // namespace
